@@ -1,0 +1,161 @@
+//! A loaded model: its manifest and its ONNX Runtime session, checked against each other
+//! at load time and at every run.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use crate::error::{Error, Kind, Result};
+use crate::manifest::Manifest;
+use crate::runtime;
+
+/// How sessions are built.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// Path of libonnxruntime.so.
+    pub library: std::path::PathBuf,
+    /// Intra-op threads per session (0 lets ONNX Runtime pick: one per core).
+    pub intra_threads: usize,
+}
+
+pub struct Model {
+    pub manifest: Manifest,
+    session: Session,
+    /// Size of the ONNX file.
+    pub file_bytes: u64,
+    /// Wall time of `load`.
+    pub load_time: Duration,
+}
+
+fn ort_err(kind: Kind, context: &str) -> impl Fn(ort::Error) -> Error + '_ {
+    move |e| Error::new(kind, format!("{context}: {e}"))
+}
+
+impl Model {
+    /// Reads `<dir>/<name>.json` and its ONNX file and builds a session.
+    pub fn load(dir: &Path, name: &str, opts: &SessionOptions) -> Result<Model> {
+        let start = Instant::now();
+        let manifest = Manifest::load(dir, name)?;
+        let onnx = manifest.onnx_path(dir);
+        let file_bytes = match std::fs::metadata(&onnx) {
+            Ok(md) => md.len(),
+            Err(e) => {
+                return Err(Error::new(Kind::FileMissing, format!("model \"{name}\": weights file {} is missing ({e})", onnx.display()))
+                    .with_hint(format!("create it with: {}", manifest.fetch_hint)));
+            }
+        };
+        let env = runtime::environment(&opts.library)?;
+        let context = format!("model \"{name}\": cannot load {}", onnx.display());
+        // Session creation starts the intra-op thread pool: block signals so its threads
+        // inherit a fully blocked mask.
+        let session = runtime::with_signals_blocked(|| -> Result<Session> {
+            let err = |e: ort::Error<_>| Error::new(Kind::BadModel, format!("{context}: {e}"));
+            Session::builder(env)
+                .map_err(ort_err(Kind::BadModel, &context))?
+                .with_optimization_level(GraphOptimizationLevel::All)
+                .map_err(err)?
+                .with_intra_threads(opts.intra_threads)
+                .map_err(err)?
+                .with_inter_threads(1)
+                .map_err(err)?
+                .with_intra_op_spinning(false)
+                .map_err(err)?
+                .with_inter_op_spinning(false)
+                .map_err(err)?
+                .commit_from_file(&onnx)
+                .map_err(ort_err(Kind::BadModel, &context))
+        })?;
+        let model = Model { manifest, session, file_bytes, load_time: Duration::ZERO };
+        model.check_signature()?;
+        Ok(Model { load_time: start.elapsed(), ..model })
+    }
+
+    /// The input and every declared output must exist in the graph.
+    fn check_signature(&self) -> Result<()> {
+        let m = &self.manifest;
+        let inputs: Vec<&str> = self.session.inputs().iter().map(|i| i.name()).collect();
+        if !inputs.contains(&m.input_name.as_str()) {
+            return Err(Error::new(Kind::BadModel, format!("model \"{}\": the ONNX graph has no input \"{}\" (it has: {})", m.name, m.input_name, inputs.join(", ")))
+                .with_hint("fix input_name in the model's manifest"));
+        }
+        let outputs: Vec<&str> = self.session.outputs().iter().map(|o| o.name()).collect();
+        let declared = std::iter::once(m.output_name.as_str()).chain(m.extra_outputs.values().map(|o| o.output_name.as_str()));
+        for name in declared {
+            if !outputs.contains(&name) {
+                return Err(Error::new(Kind::BadModel, format!("model \"{}\": the ONNX graph has no output \"{name}\" (it has: {})", m.name, outputs.join(", ")))
+                    .with_hint("fix output_name / extra_outputs in the model's manifest"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the model on `batch` preprocessed images packed in `input` and returns one
+    /// vector per image from `output` (`None`: the embedding). Checks the output size,
+    /// rejects NaN and infinity, and L2-normalises the embedding when the manifest says so.
+    pub fn run(&mut self, input: &[f32], batch: usize, output: Option<&str>) -> Result<Vec<Vec<f32>>> {
+        let m = &self.manifest;
+        let (out_name, dim) = m.output(output)?;
+        let (out_name, name) = (out_name.to_owned(), m.name.clone());
+        let is_embedding = matches!(output, None | Some("embedding"));
+        let l2 = m.l2_normalize && is_embedding;
+        let shape = match m.layout {
+            crate::manifest::Layout::NCHW => [batch, 3, m.height as usize, m.width as usize],
+            crate::manifest::Layout::NHWC => [batch, m.height as usize, m.width as usize, 3],
+        };
+        let input_name = m.input_name.clone();
+        let tensor = TensorRef::from_array_view((shape, input)).map_err(ort_err(Kind::Inference, "cannot build the input tensor"))?;
+        let context = format!("model \"{name}\" failed to run");
+        let outputs = self.session.run(ort::inputs![input_name.as_str() => tensor]).map_err(ort_err(Kind::Inference, &context))?;
+        let (shape, values) = outputs[out_name.as_str()]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| Error::new(Kind::BadModel, format!("model \"{name}\": output \"{out_name}\" is not a float32 tensor: {e}")))?;
+        if values.len() != batch * dim || shape.first().copied() != Some(batch as i64) {
+            return Err(Error::new(
+                Kind::BadModel,
+                format!("model \"{name}\": output \"{out_name}\" has shape {shape:?}, but the manifest declares {dim} values per image ({batch} images)"),
+            )
+            .with_hint("fix dim in the model's manifest, or re-export the model"));
+        }
+        let mut vectors = Vec::with_capacity(batch);
+        for (i, v) in values.chunks_exact(dim).enumerate() {
+            let mut v = v.to_vec();
+            if let Some(pos) = v.iter().position(|x| !x.is_finite()) {
+                return Err(Error::new(Kind::NonFinite, format!("model \"{name}\" produced {} at position {pos} of image {}", v[pos], i + 1))
+                    .with_hint("the model or its manifest's normalisation is broken; the vector was not stored"));
+            }
+            if l2 {
+                l2_normalize(&mut v);
+            }
+            vectors.push(v);
+        }
+        Ok(vectors)
+    }
+}
+
+/// Scales to unit length; an all-zero vector stays zero (there is no direction to keep).
+pub fn l2_normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>().sqrt();
+    if norm > 0.0 {
+        for x in v.iter_mut() {
+            *x = (*x as f64 / norm) as f32;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn l2_normalize_unit_length_and_zero() {
+        let mut v = vec![3.0, 4.0];
+        l2_normalize(&mut v);
+        assert_eq!(v, vec![0.6, 0.8]);
+        let mut z = vec![0.0; 3];
+        l2_normalize(&mut z);
+        assert_eq!(z, vec![0.0; 3]);
+    }
+}

@@ -1,0 +1,233 @@
+//! A decoded image to the model's input tensor, following the manifest's recipe:
+//! resize (shortest side or exact, antialiased bicubic/bilinear as Pillow does it),
+//! centre crop, colour order, `(pixel * scale - mean) / std`, NCHW or NHWC.
+//!
+//! The resize and the crop are one step: only the pixels that survive the crop are
+//! computed. The filter is placed exactly where a full resize followed by a crop would
+//! place it (same scale, same centres, kernel clipped at the image's own edges), so the
+//! result matches the two-step Pillow pipeline of `scripts/reference_embed.py`.
+
+use fast_image_resize::images::{Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+
+use crate::decode::Rgb8;
+use crate::error::{Error, Kind, Result};
+use crate::manifest::{ColorOrder, Crop, Interpolation, Layout, Manifest, ResizeMode};
+
+/// Where the model's input window lies in the (virtually) resized image.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Geometry {
+    /// Size of the whole resized image.
+    pub resized_w: u32,
+    pub resized_h: u32,
+    /// Top-left corner of the crop in the resized image.
+    pub left: u32,
+    pub top: u32,
+}
+
+/// Resized size and crop offset for an image of `w` x `h`. The long side is truncated
+/// (`int(long * size / short)`) as torchvision's and CLIP's `Resize(size)` do; the crop
+/// offset is `round((resized - crop) / 2)` with ties to even, as Python's `round`.
+pub fn geometry(m: &Manifest, w: u32, h: u32) -> Geometry {
+    let (rw, rh) = match m.resize.mode {
+        ResizeMode::Exact => (m.width, m.height),
+        ResizeMode::ShortestSide => {
+            let size = m.resize.size as u64;
+            if w <= h {
+                (size as u32, ((h as u64 * size) / w as u64).max(size) as u32)
+            } else {
+                (((w as u64 * size) / h as u64).max(size) as u32, size as u32)
+            }
+        }
+    };
+    let offset = |resized: u32, crop: u32| ((resized.saturating_sub(crop)) as f64 / 2.0).round_ties_even() as u32;
+    match m.crop {
+        Crop::Center => Geometry { resized_w: rw, resized_h: rh, left: offset(rw, m.width), top: offset(rh, m.height) },
+        Crop::None => Geometry { resized_w: rw, resized_h: rh, left: 0, top: 0 },
+    }
+}
+
+/// Number of f32 values in one image's input tensor.
+pub fn tensor_len(m: &Manifest) -> usize {
+    3 * m.width as usize * m.height as usize
+}
+
+/// Resizes and crops to the model's `width` x `height`, 8-bit RGB.
+pub fn resize_crop(img: &Rgb8, m: &Manifest) -> Result<Vec<u8>> {
+    let g = geometry(m, img.width, img.height);
+    let sx = img.width as f64 / g.resized_w as f64;
+    let sy = img.height as f64 / g.resized_h as f64;
+    let src = ImageRef::new(img.width, img.height, &img.data, PixelType::U8x3).map_err(internal)?;
+    let mut dst = Image::new(m.width, m.height, PixelType::U8x3);
+    let filter = match m.resize.interpolation {
+        Interpolation::Bicubic => FilterType::CatmullRom, // Pillow's BICUBIC is Keys a = -0.5
+        Interpolation::Bilinear => FilterType::Bilinear,
+    };
+    let opts = ResizeOptions::new()
+        .resize_alg(ResizeAlg::Convolution(filter))
+        .crop(g.left as f64 * sx, g.top as f64 * sy, m.width as f64 * sx, m.height as f64 * sy);
+    Resizer::new().resize(&src, &mut dst, &opts).map_err(internal)?;
+    Ok(dst.into_vec())
+}
+
+fn internal(e: impl std::fmt::Display) -> Error {
+    Error::new(Kind::InvalidImage, format!("cannot resize image: {e}"))
+}
+
+/// Writes the normalised tensor of one image into `out` (`tensor_len(m)` values).
+pub fn to_tensor(rgb: &[u8], m: &Manifest, out: &mut [f32]) {
+    let hw = m.width as usize * m.height as usize;
+    debug_assert_eq!(rgb.len(), hw * 3);
+    debug_assert_eq!(out.len(), hw * 3);
+    // Channel c of the tensor reads source channel src[c].
+    let src: [usize; 3] = match m.color_order {
+        ColorOrder::RGB => [0, 1, 2],
+        ColorOrder::BGR => [2, 1, 0],
+    };
+    // (p * scale - mean) / std == p * a + b, precomputed per channel and per byte value.
+    let mut lut = [[0f32; 256]; 3];
+    for c in 0..3 {
+        for p in 0..256 {
+            lut[c][p] = (p as f32 * m.scale - m.mean[c]) / m.std[c];
+        }
+    }
+    match m.layout {
+        Layout::NCHW => {
+            for c in 0..3 {
+                let plane = &mut out[c * hw..(c + 1) * hw];
+                for (i, px) in rgb.chunks_exact(3).enumerate() {
+                    plane[i] = lut[c][px[src[c]] as usize];
+                }
+            }
+        }
+        Layout::NHWC => {
+            for (o, px) in out.chunks_exact_mut(3).zip(rgb.chunks_exact(3)) {
+                for c in 0..3 {
+                    o[c] = lut[c][px[src[c]] as usize];
+                }
+            }
+        }
+    }
+}
+
+/// Resize, crop and normalise one decoded image into `out`.
+pub fn preprocess(img: &Rgb8, m: &Manifest, out: &mut [f32]) -> Result<()> {
+    let rgb = resize_crop(img, m)?;
+    to_tensor(&rgb, m, out);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{Alpha, Resize};
+    use std::collections::BTreeMap;
+
+    fn manifest(layout: Layout, order: ColorOrder, mode: ResizeMode, size: u32, crop: Crop) -> Manifest {
+        Manifest {
+            name: "t".into(),
+            description: String::new(),
+            onnx_file: "t.onnx".into(),
+            fetch_hint: String::new(),
+            input_name: "input".into(),
+            layout,
+            width: 4,
+            height: 4,
+            color_order: order,
+            alpha: Alpha::White,
+            resize: Resize { mode, size, interpolation: Interpolation::Bicubic },
+            crop,
+            scale: 1.0,
+            mean: [127.0, 127.0, 127.0],
+            std: [128.0, 128.0, 128.0],
+            output_name: "out".into(),
+            dim: 8,
+            l2_normalize: false,
+            extra_outputs: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn geometry_truncates_long_side_and_centres_crop() {
+        let mut m = manifest(Layout::NCHW, ColorOrder::RGB, ResizeMode::ShortestSide, 256, Crop::Center);
+        m.width = 224;
+        m.height = 224;
+        // 1000x750: short side 750 -> 256, long 1000*256/750 = 341.33 -> 341; (341-224)/2 = 58.5 -> 58 (ties to even)
+        assert_eq!(geometry(&m, 1000, 750), Geometry { resized_w: 341, resized_h: 256, left: 58, top: 16 });
+        assert_eq!(geometry(&m, 750, 1000), Geometry { resized_w: 256, resized_h: 341, left: 16, top: 58 });
+        assert_eq!(geometry(&m, 1, 1), Geometry { resized_w: 256, resized_h: 256, left: 16, top: 16 });
+        assert_eq!(geometry(&m, 10000, 1).resized_w, 2_560_000);
+        m.resize.mode = ResizeMode::Exact;
+        m.crop = Crop::None;
+        assert_eq!(geometry(&m, 1000, 750), Geometry { resized_w: 224, resized_h: 224, left: 0, top: 0 });
+    }
+
+    #[test]
+    fn constant_image_stays_constant() {
+        let m = manifest(Layout::NCHW, ColorOrder::RGB, ResizeMode::ShortestSide, 6, Crop::Center);
+        let img = Rgb8 { width: 37, height: 11, data: [10u8, 127, 255].repeat(37 * 11) };
+        let mut t = vec![0f32; tensor_len(&m)];
+        preprocess(&img, &m, &mut t).unwrap();
+        assert!(t[..16].iter().all(|v| (*v - (10.0 - 127.0) / 128.0).abs() < 1e-6));
+        assert!(t[16..32].iter().all(|v| v.abs() < 1e-6));
+        assert!(t[32..].iter().all(|v| (*v - 1.0).abs() < 1e-6));
+    }
+
+    #[test]
+    fn layout_and_colour_order() {
+        // 4x4 input, exact resize to 4x4 is the identity; pixel i has R=i, G=100+i, B=200+i.
+        let data: Vec<u8> = (0..16u8).flat_map(|i| [i, 100 + i, 200 + i]).collect();
+        let img = Rgb8 { width: 4, height: 4, data };
+        let mut m = manifest(Layout::NCHW, ColorOrder::RGB, ResizeMode::Exact, 0, Crop::None);
+        m.mean = [0.0; 3];
+        m.std = [1.0; 3];
+        let mut t = vec![0f32; 48];
+        preprocess(&img, &m, &mut t).unwrap();
+        assert_eq!((t[0], t[5], t[16], t[32 + 15]), (0.0, 5.0, 100.0, 215.0));
+        m.layout = Layout::NHWC;
+        m.color_order = ColorOrder::BGR;
+        preprocess(&img, &m, &mut t).unwrap();
+        assert_eq!(&t[..6], &[200.0, 100.0, 0.0, 201.0, 101.0, 1.0]);
+    }
+
+    #[test]
+    fn crop_matches_full_resize_then_crop() {
+        // Resizing only the crop window must equal resizing everything and cutting it out.
+        let (w, h) = (97u32, 61u32);
+        let data: Vec<u8> = (0..w * h).flat_map(|i| { let x = i % w; let y = i / w; [(x * 2) as u8, (y * 4) as u8, ((x * y) % 251) as u8] }).collect();
+        let img = Rgb8 { width: w, height: h, data };
+        let mut m = manifest(Layout::NCHW, ColorOrder::RGB, ResizeMode::ShortestSide, 40, Crop::Center);
+        m.width = 32;
+        m.height = 32;
+        let window = resize_crop(&img, &m).unwrap();
+        let g = geometry(&m, w, h);
+        let src = ImageRef::new(w, h, &img.data, PixelType::U8x3).unwrap();
+        let mut full = Image::new(g.resized_w, g.resized_h, PixelType::U8x3);
+        Resizer::new()
+            .resize(&src, &mut full, &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom)))
+            .unwrap();
+        let full = full.into_vec();
+        let mut max_diff = 0;
+        for y in 0..32usize {
+            for x in 0..32usize * 3 {
+                let a = window[y * 96 + x] as i32;
+                let b = full[(y + g.top as usize) * g.resized_w as usize * 3 + g.left as usize * 3 + x] as i32;
+                max_diff = max_diff.max((a - b).abs());
+            }
+        }
+        assert!(max_diff <= 1, "max difference {max_diff}");
+    }
+
+    #[test]
+    fn tiny_and_extreme_images_do_not_panic() {
+        let mut m = manifest(Layout::NCHW, ColorOrder::RGB, ResizeMode::ShortestSide, 256, Crop::Center);
+        m.width = 224;
+        m.height = 224;
+        let mut t = vec![0f32; tensor_len(&m)];
+        for (w, h) in [(1, 1), (10000, 1), (1, 10000), (2, 3)] {
+            let img = Rgb8 { width: w, height: h, data: vec![200; (w * h * 3) as usize] };
+            preprocess(&img, &m, &mut t).unwrap();
+            assert!(t.iter().all(|v| (*v - 73.0 / 128.0).abs() < 1e-6), "{w}x{h}");
+        }
+    }
+}
