@@ -67,6 +67,15 @@ def load_manifest(path):
     return manifest
 
 
+def _to_8bit(img):
+    """16-bit greyscale ("I;16", "I") to 8-bit "L" by value / 257, rounded; Pillow's own
+    convert() clamps those values at 255 instead of scaling them."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        return Image.fromarray(np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8), "L")
+    return img
+
+
 def _remove_alpha(manifest, img):
     if manifest["alpha"] == "white" and img.has_transparency_data:
         rgba = img.convert("RGBA")
@@ -101,7 +110,7 @@ def _center_crop(manifest, img):
 
 def preprocess(manifest, pil_image):
     """Apply the manifest's recipe to a decoded Pillow image; return the model input, batch of one."""
-    img = ImageOps.exif_transpose(pil_image)
+    img = _to_8bit(ImageOps.exif_transpose(pil_image))
     img = _remove_alpha(manifest, img)
     img = _resize(manifest, img)
     if manifest["crop"] == "center":

@@ -116,3 +116,39 @@ COMMENT ON FUNCTION embed_fclip(bytea) IS 'Fashion-CLIP (ViT-B/32) 512-d image e
     name = "model_wrappers",
     requires = [embed_image]
 );
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    /// A real photo-like image made in SQL-free Rust: a PNG gradient.
+    fn gradient_png(w: u32, h: u32) -> Vec<u8> {
+        let img = pg_vision_core::image::RgbImage::from_fn(w, h, |x, y| pg_vision_core::image::Rgb([(x * 255 / w) as u8, (y * 255 / h) as u8, 128]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, pg_vision_core::image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    #[pg_test]
+    fn embeds_and_is_deterministic() {
+        let png = gradient_png(320, 200);
+        let dims = Spi::get_one_with_args::<i32>("SELECT vector_dims(embed_efficientnet($1))", &[png.clone().into()]).unwrap();
+        assert_eq!(dims, Some(1280));
+        let d = Spi::get_one_with_args::<f64>("SELECT embed_efficientnet($1) <=> embed_image('efficientnet', $1)", &[png.into()]).unwrap();
+        assert_eq!(d, Some(0.0));
+    }
+
+    #[pg_test]
+    fn errors_do_not_poison_the_cache() {
+        // A failed call must leave the loaded model usable: the error unwinds through the
+        // cache's borrow of the model.
+        let bad = PgTryBuilder::new(|| Spi::run("SELECT embed_efficientnet('\\x89504e470d0a1a0a0000')").is_ok())
+            .catch_others(|_| false)
+            .execute();
+        assert!(!bad);
+        let png = gradient_png(64, 64);
+        let dims = Spi::get_one_with_args::<i32>("SELECT vector_dims(embed_efficientnet($1))", &[png.into()]).unwrap();
+        assert_eq!(dims, Some(1280));
+    }
+}

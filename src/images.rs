@@ -23,3 +23,10 @@ fn image_info(
 fn image_checksum(image: &[u8]) -> String {
     Sha256::digest(image).iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Decodes base64 text (plain, or a `data:image/...;base64,` URL) to bytes, for JSON
+/// clients: `embed_efficientnet(image_from_base64($1))`.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn image_from_base64(image: &str) -> Vec<u8> {
+    decode::from_base64(image).or_raise()
+}

@@ -5,7 +5,7 @@ use pgrx::callconv::{BoxRet, FcInfo};
 use pgrx::datum::Datum;
 use pgrx::pg_sys;
 use pgrx::pgrx_sql_entity_graph::metadata::{ArgumentError, ReturnsError, ReturnsRef, SqlMappingRef, SqlTranslatable, TypeOrigin};
-use pgrx::prelude::*;
+
 
 use pg_vision_core::{Error, Kind};
 
@@ -50,5 +50,49 @@ unsafe impl SqlTranslatable for Vector {
 unsafe impl BoxRet for Vector {
     unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> Datum<'fcx> {
         unsafe { fcinfo.return_raw_datum(self.to_datum()) }
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use super::Vector;
+    use crate::errors::OrRaise;
+    use pgrx::prelude::*;
+
+    /// Test-only: a vector from an array, through the same datum builder the embedding
+    /// functions use.
+    #[pg_extern]
+    fn pgv_test_vector(values: Vec<f32>) -> Vector {
+        Vector::checked(values).or_raise()
+    }
+
+    #[pg_test]
+    fn datum_is_pgvectors_layout() {
+        // pgvector's own output function and operators read what we built.
+        let text = Spi::get_one::<String>("SELECT tests.pgv_test_vector(ARRAY[1, 2.5, -3, 0.125])::text").unwrap();
+        assert_eq!(text.as_deref(), Some("[1,2.5,-3,0.125]"));
+        let dims = Spi::get_one::<i32>("SELECT vector_dims(tests.pgv_test_vector(array_fill(0.5::real, ARRAY[1280])))").unwrap();
+        assert_eq!(dims, Some(1280));
+        let eq = Spi::get_one::<bool>("SELECT tests.pgv_test_vector(ARRAY[3, 4]) = '[3,4]'::vector AND vector_norm(tests.pgv_test_vector(ARRAY[3, 4])) = 5").unwrap();
+        assert_eq!(eq, Some(true));
+        // The typmod cast pgvector applies to vector(n) columns accepts it.
+        let ok = Spi::get_one::<i32>("SELECT vector_dims(tests.pgv_test_vector(ARRAY[1, 2, 3])::vector(3))").unwrap();
+        assert_eq!(ok, Some(3));
+    }
+
+    #[pg_test(error = "vector value NaN at position 1 is not finite")]
+    fn nan_is_rejected() {
+        Spi::run("SELECT tests.pgv_test_vector(ARRAY[1, 'NaN'::real])").unwrap();
+    }
+
+    #[pg_test(error = "vector value inf at position 0 is not finite")]
+    fn infinity_is_rejected() {
+        Spi::run("SELECT tests.pgv_test_vector(ARRAY['Infinity'::real])").unwrap();
+    }
+
+    #[pg_test(error = "a vector must have 1 to 16000 dimensions, got 0")]
+    fn empty_is_rejected() {
+        Spi::run("SELECT tests.pgv_test_vector(ARRAY[]::real[])").unwrap();
     }
 }

@@ -88,7 +88,7 @@ pub fn detect_format(bytes: &[u8]) -> Result<ImageFormat> {
                 Kind::InvalidImage,
                 format!("bytes are not a recognised image ({} bytes, starting {})", bytes.len(), head.join(" ")),
             )
-            .with_hint(format!("send the raw file bytes of a {SUPPORTED} image; base64 text must be decoded first (embed_image_base64)")))
+            .with_hint(format!("send the raw file bytes of a {SUPPORTED} image; base64 text must be decoded first: image_from_base64(text)")))
         }
     }
 }
@@ -137,6 +137,30 @@ fn open<'a>(bytes: &'a [u8], limits: &Limits) -> Result<(ImageFormat, impl Image
         return Err(Error::new(Kind::InvalidImage, format!("{} image has no pixels ({w}x{h})", format_name(format))));
     }
     Ok((format, decoder))
+}
+
+/// Decodes base64 text, plain (whitespace and line breaks allowed, padding optional) or
+/// a `data:<mime>;base64,` URL, as JSON clients send images.
+pub fn from_base64(text: &str) -> Result<Vec<u8>> {
+    use base64::Engine;
+    let body = match text.trim_start().strip_prefix("data:") {
+        Some(url) => match url.split_once(',') {
+            Some((meta, data)) if meta.ends_with(";base64") => data,
+            _ => {
+                return Err(Error::new(Kind::InvalidArgument, "data: URL is not base64-encoded (expected data:<type>;base64,<data>)"))
+            }
+        },
+        None => text,
+    };
+    let clean: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new().with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    engine.decode(clean.as_bytes()).map_err(|e| {
+        Error::new(Kind::InvalidArgument, format!("invalid base64 image ({} characters): {e}", clean.len()))
+            .with_hint("send standard base64 (A-Z a-z 0-9 + /), optionally as a data:image/...;base64, URL")
+    })
 }
 
 /// Format, stored size and orientation, without decoding the pixels.
@@ -257,6 +281,17 @@ mod tests {
         let png = encode(DynamicImage::ImageRgb8(RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8, y as u8, 7]))), ImageFormat::Png);
         let e = decode_rgb8(&png[..png.len() / 2], Alpha::White, &Limits::default()).unwrap_err();
         assert_eq!(e.kind, Kind::InvalidImage, "{e}");
+    }
+
+    #[test]
+    fn base64_plain_and_data_url() {
+        assert_eq!(from_base64("aGVsbG8=").unwrap(), b"hello");
+        assert_eq!(from_base64("aGVs\nbG8").unwrap(), b"hello");
+        assert_eq!(from_base64("data:image/png;base64,aGVsbG8=").unwrap(), b"hello");
+        assert_eq!(from_base64("data:image/png,hello").unwrap_err().kind, Kind::InvalidArgument);
+        let e = from_base64("not base64!").unwrap_err();
+        assert_eq!(e.kind, Kind::InvalidArgument);
+        assert!(e.message.contains("invalid base64"), "{}", e.message);
     }
 
     #[test]

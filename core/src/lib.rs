@@ -11,3 +11,4 @@ pub mod preprocess;
 pub mod runtime;
 
 pub use error::{Error, Kind, Result};
+pub use image;

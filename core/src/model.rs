@@ -115,7 +115,7 @@ impl Model {
         if values.len() != batch * dim || shape.first().copied() != Some(batch as i64) {
             return Err(Error::new(
                 Kind::BadModel,
-                format!("model \"{name}\": output \"{out_name}\" has shape {shape:?}, but the manifest declares {dim} values per image ({batch} images)"),
+                format!("model \"{name}\": output \"{out_name}\" has shape {shape:?} for {batch} image(s), but the manifest declares {dim} values per image"),
             )
             .with_hint("fix dim in the model's manifest, or re-export the model"));
         }

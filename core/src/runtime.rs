@@ -41,7 +41,7 @@ pub fn environment(library: &Path) -> Result<&'static Environment> {
     let env = with_signals_blocked(|| -> Result<Environment> {
         let builder = ort::init_from(library).map_err(|e| {
             Error::new(Kind::RuntimeLoad, format!("cannot load ONNX Runtime from {}: {e}", library.display()))
-                .with_hint("pg_vision needs onnxruntime 1.24 or newer; run `make setup` or point pg_vision.onnxruntime_library at a matching libonnxruntime.so")
+                .with_hint("pg_vision needs onnxruntime 1.17 or newer (tested with 1.32.0); run `make setup` or point pg_vision.onnxruntime_library at a matching libonnxruntime.so")
         })?;
         builder
             .with_name("pg_vision")

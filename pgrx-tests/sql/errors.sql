@@ -1,0 +1,57 @@
+-- Every bad input is an ERROR with its SQLSTATE, a message that says what was wrong and a
+-- hint that says what to do; the backend survives each one.
+\getenv testdata PGV_TESTDATA
+\set chelsea :testdata '/chelsea.png'
+\set truncated :testdata '/truncated.png'
+\set models :testdata '/models'
+-- Runs a statement and reports its SQLSTATE, message and hint, with paths masked.
+CREATE FUNCTION pg_temp.try(q text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE s text; m text; h text;
+BEGIN
+  EXECUTE q;
+  RETURN 'ok';
+EXCEPTION WHEN OTHERS THEN
+  GET STACKED DIAGNOSTICS s = RETURNED_SQLSTATE, m = MESSAGE_TEXT, h = PG_EXCEPTION_HINT;
+  RETURN s || ' ' || regexp_replace(m, '/[^ ]*/', '<dir>/', 'g')
+           || coalesce(E'\n  HINT: ' || nullif(regexp_replace(h, '/[^ ]*/', '<dir>/', 'g'), ''), '');
+END $$;
+
+-- undecodable bytes (22P03)
+SELECT pg_temp.try($$SELECT embed_efficientnet('\xdeadbeef')$$);
+SELECT pg_temp.try($$SELECT embed_efficientnet('')$$);
+SELECT pg_temp.try(format('SELECT embed_efficientnet(pg_read_binary_file(%L))', :'truncated'));
+SELECT pg_temp.try($$SELECT embed_efficientnet(convert_to('data:image/png;base64,iVBORw0KGgo=', 'UTF8'))$$);
+SELECT pg_temp.try($$SELECT image_from_base64('not base64!')$$);
+SELECT pg_temp.try($$SELECT image_from_base64('data:image/png,rawdata')$$);
+-- recognised but unsupported formats (0A000)
+SELECT pg_temp.try($$SELECT embed_efficientnet('\x0000001866747970686569630000000000000000')$$);
+SELECT pg_temp.try($$SELECT embed_efficientnet('\x716f6966000000010000000103000000')$$);
+-- size limits, checked before decoding (54000)
+SET pg_vision.max_image_pixels = 100000;
+SELECT pg_temp.try(format('SELECT embed_efficientnet(pg_read_binary_file(%L))', :'chelsea'));
+RESET pg_vision.max_image_pixels;
+SET pg_vision.max_image_bytes = 1000;
+SELECT pg_temp.try(format('SELECT image_info(pg_read_binary_file(%L))', :'chelsea'));
+RESET pg_vision.max_image_bytes;
+-- unknown model, bad names, unknown output (42704, 22023)
+SELECT pg_temp.try(format('SELECT embed_image(%L, pg_read_binary_file(%L))', 'resnet', :'chelsea'));
+SELECT pg_temp.try(format('SELECT embed_image(%L, pg_read_binary_file(%L))', '../../etc/passwd', :'chelsea'));
+SELECT pg_temp.try(format('SELECT embed_image_output(%L, pg_read_binary_file(%L), %L)', 'efficientnet', :'chelsea', 'probs'));
+-- a model whose weights are not installed: the error names the command that makes them (58P01)
+SELECT pg_temp.try(format('SELECT embed_fclip(pg_read_binary_file(%L))', :'chelsea'));
+-- models that do not match their manifests (F0000)
+SET pg_vision.model_dir = :'models';
+SELECT name, available, problem IS NOT NULL AS has_problem FROM pg_vision_models() ORDER BY name;
+SELECT pg_temp.try(format('SELECT embed_image(%L, pg_read_binary_file(%L))', m, :'chelsea'))
+  FROM unnest(ARRAY['ghost', 'wrong_dim', 'wrong_input', 'wrong_output', 'broken']) m;
+SELECT pg_temp.try(format('SELECT embed_efficientnet(pg_read_binary_file(%L))', :'chelsea'));
+RESET pg_vision.model_dir;
+-- the backend is alive and still embeds after all of that
+SELECT vector_dims(embed_efficientnet(pg_read_binary_file(:'chelsea')));
+-- only superusers may point the server at other files
+CREATE ROLE pgv_app LOGIN;
+SET ROLE pgv_app;
+SELECT pg_temp.try($$SET pg_vision.model_dir = '/tmp'$$);
+SELECT pg_temp.try($$SET pg_vision.onnxruntime_library = '/tmp/x.so'$$);
+RESET ROLE;
+DROP ROLE pgv_app;

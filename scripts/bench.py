@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Benchmark of pg_vision through SQL, over one persistent connection.
+
+After a warm-up (the model is loaded, then 10 calls), each iteration times, for a
+1000x1000 JPEG (photos.jpeg_1000()) and a small PNG (scikit-image's chelsea.png, 451x300):
+  - the client-side wall time of the prepared `SELECT embed_efficientnet($1)` (binary bytea
+    parameter; embed_image(model, $1) for another --model), result fetched;
+  - the server-side split reported by pg_vision_profile(model, image): decode, preprocess,
+    inference and their total (one more embedding of the same image).
+It prints p50/p95/p99/mean in milliseconds, the backend's RSS before and after the model
+loads (from /proc: the server runs on this machine), and the settings used.
+
+Usage: bench.py [--iterations 200] [--model efficientnet] [--threads N] [--json FILE]
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import photos  # noqa: E402
+
+WARMUP_CALLS = 10
+PROFILE_COLUMNS = ("decode_ms", "preprocess_ms", "inference_ms", "total_ms")
+
+
+def backend_rss_kib(conn):
+    """VmRSS of this connection's backend, in KiB."""
+    (pid,) = conn.execute("SELECT pg_backend_pid()").fetchone()
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
+
+
+def configure(conn, threads):
+    """Sets the session's intra-op threads, then unloads every model so the next call loads
+    it again with that setting (the setting applies only to sessions created after it)."""
+    if threads is not None:
+        conn.execute(f"SET pg_vision.intra_op_threads = {int(threads)}")
+    conn.execute("SELECT pg_vision_unload()")
+    (value,) = conn.execute("SHOW pg_vision.intra_op_threads").fetchone()
+    return int(value)
+
+
+def embed_query(model):
+    # embed_efficientnet is the documented per-model wrapper; other models go through embed_image.
+    if model == "efficientnet":
+        return "SELECT embed_efficientnet(%b)", lambda img: [img]
+    return "SELECT embed_image(%s, %b)", lambda img: [model, img]
+
+
+def time_embed(conn, query, params):
+    """Client-side wall time, in ms, of one prepared execution with its result fetched."""
+    start = time.perf_counter()
+    conn.execute(query, params, prepare=True).fetchone()
+    return (time.perf_counter() - start) * 1e3
+
+
+def profile(conn, model, image):
+    return conn.execute(f"SELECT {', '.join(PROFILE_COLUMNS)} FROM pg_vision_profile(%s, %b)",
+                        [model, image], prepare=True).fetchone()
+
+
+def stats(samples):
+    a = np.asarray(samples, dtype=np.float64)
+    p50, p95, p99 = np.percentile(a, [50, 95, 99])
+    return {"p50": p50, "p95": p95, "p99": p99, "mean": a.mean()}
+
+
+def bench_image(conn, model, image, iterations):
+    """{measure name: stats} for one image: client wall time and the server-side split."""
+    query, params = embed_query(model)
+    wall, split = [], []
+    for _ in range(iterations):
+        wall.append(time_embed(conn, query, params(image)))
+        split.append(profile(conn, model, image))
+    columns = list(zip(*split))
+    result = {"client wall": stats(wall)}
+    for name, values in zip(PROFILE_COLUMNS, columns):
+        result[f"server {name.removesuffix('_ms')}"] = stats(values)
+    return result
+
+
+def print_table(title, figures):
+    print(f"\n{title}")
+    print(f"  {'ms':18} {'p50':>8} {'p95':>8} {'p99':>8} {'mean':>8}")
+    for name, s in figures.items():
+        print(f"  {name:18} {s['p50']:8.2f} {s['p95']:8.2f} {s['p99']:8.2f} {s['mean']:8.2f}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--iterations", type=int, default=200)
+    ap.add_argument("--model", default="efficientnet")
+    ap.add_argument("--threads", type=int, help="pg_vision.intra_op_threads for this session (0: one per core)")
+    ap.add_argument("--json", metavar="FILE", help="also save the figures as JSON")
+    args = ap.parse_args()
+
+    images = {
+        "jpeg_1000 (1000x1000 JPEG q90)": photos.jpeg_1000(),
+        "chelsea.png (451x300 PNG)": photos.shipped("chelsea.png"),
+    }
+    load_before = round(os.getloadavg()[0], 2)
+    with photos.connect() as conn:
+        threads = configure(conn, args.threads)
+        rss_before = backend_rss_kib(conn)
+        query, params = embed_query(args.model)
+        load_start = time.perf_counter()
+        conn.execute(query, params(photos.jpeg_1000()))  # loads the model (and ONNX Runtime)
+        first_call_ms = (time.perf_counter() - load_start) * 1e3
+        for _ in range(WARMUP_CALLS):
+            for image in images.values():
+                time_embed(conn, query, params(image))
+        rss_after = backend_rss_kib(conn)
+        (server_version,) = conn.execute("SHOW server_version").fetchone()
+        results = {name: bench_image(conn, args.model, image, args.iterations) for name, image in images.items()}
+
+    settings = {
+        "model": args.model, "iterations": args.iterations, "warmup_calls": WARMUP_CALLS,
+        "pg_vision.intra_op_threads": threads, "nproc": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(), "server_version": server_version,
+        # Other work on the machine skews every figure: the 1-minute load shows it.
+        "loadavg_before": load_before, "loadavg_after": round(os.getloadavg()[0], 2),
+    }
+    memory = {"rss_before_kib": rss_before, "rss_after_kib": rss_after, "first_call_ms": first_call_ms}
+    print("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+    print(f"backend RSS: {rss_before / 1024:.1f} MiB before the model, {rss_after / 1024:.1f} MiB after loading it "
+          f"and {WARMUP_CALLS} warm-up calls (+{(rss_after - rss_before) / 1024:.1f} MiB); "
+          f"first call (load + embed) {first_call_ms:.0f} ms")
+    for name, figures in results.items():
+        print_table(f"{name}, {args.iterations} iterations", figures)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"settings": settings, "memory": memory, "results": results}, f, indent=2)
+        print(f"\nsaved {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

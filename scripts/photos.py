@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""A deterministic corpus of real photographs in the encodings a shop receives, and the
+project's database connection, shared by scripts/parity.py and scripts/bench.py.
+
+The photos are scikit-image's sample images (skimage/data), used as shipped, plus
+re-encodings made here with Pillow (JPEG baseline/progressive/grey/CMYK/EXIF-rotated,
+PNG 8/16-bit, palette, grey+alpha, RGBA, WebP lossy/lossless/alpha, GIF, BMP, TIFF).
+Pillow's encoders are deterministic, so the same Pillow version gives the same bytes.
+
+Usage: photos.py --out DIR      writes the corpus (and jpeg_1000.jpg) for manual checks
+As a module: corpus() -> [(name, bytes)], jpeg_1000() -> bytes, connect() -> psycopg connection
+"""
+
+import argparse
+import functools
+import io
+import os
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Shipped files that are real photographs (or, for logo/color, real logo and colour-wheel
+# artwork; logo.png is RGBA but fully opaque, so real transparency comes from derived()). Synthetic test patterns (chessboard, phantom, text) are left out.
+SHIPPED = [
+    "astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+    "hubble_deep_field.jpg", "retina.jpg", "camera.png", "coins.png", "moon.png",
+    "brick.png", "grass.png", "gravel.png", "ihc.png", "color.png", "logo.png",
+    "no_time_for_that_tiny.gif",
+]
+
+
+def skimage_data_dir():
+    import skimage.data  # imported here: only the corpus needs scikit-image
+    return os.path.dirname(skimage.data.__file__)
+
+
+@functools.lru_cache(maxsize=None)
+def shipped(name):
+    """Bytes of a file from skimage/data, exactly as shipped."""
+    with open(os.path.join(skimage_data_dir(), name), "rb") as f:
+        return f.read()
+
+
+def photo(name):
+    """A shipped file, decoded (fully loaded, so the bytes buffer can go)."""
+    img = Image.open(io.BytesIO(shipped(name)))
+    img.load()
+    return img
+
+
+def encode(img, fmt, **params):
+    buf = io.BytesIO()
+    img.save(buf, fmt, **params)
+    return buf.getvalue()
+
+
+def png_rgb16(img):
+    """A 16-bit-per-channel RGB PNG (Pillow cannot write one). Each 8-bit value v becomes
+    v * 257, the exact 16-bit equivalent, so any correct 16 -> 8 bit reduction gets v back."""
+    pixels = np.asarray(img.convert("RGB"), dtype=np.uint16) * 257
+    h, w, _ = pixels.shape
+    rows = pixels.astype(">u2").reshape(h, w * 3).tobytes()
+    stride = w * 3 * 2
+    raw = b"".join(b"\x00" + rows[y * stride:(y + 1) * stride] for y in range(h))  # filter 0 per row
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)  # 16 bits, colour type 2 (RGB)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+
+
+def radial_alpha(size, opaque=0.35, clear=0.5):
+    """An 8-bit alpha mask: opaque in the middle, fading to fully transparent at the
+    edges, so that transparency changes many pixels (not just a flat border)."""
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w]
+    r = np.hypot((x - w / 2) / w, (y - h / 2) / h)
+    a = np.clip((clear - r) / (clear - opaque), 0.0, 1.0)
+    return Image.fromarray((a * 255).round().astype(np.uint8), "L")
+
+
+def with_alpha(img, mode="RGBA"):
+    out = img.convert(mode)
+    out.putalpha(radial_alpha(img.size))
+    return out
+
+
+def cutout(img):
+    """A product-style cutout: the logo's disc kept, the white background made fully
+    transparent with its colour stored as black (as many editors export it), so that
+    compositing onto white and merely dropping alpha give different pictures."""
+    w, h = img.size
+    y, x = np.mgrid[0:h, 0:w]
+    r = np.hypot(x - (w - 1) / 2, y - (h - 1) / 2)
+    alpha = np.clip(min(w, h) / 2 - 2 - r, 0.0, 1.0)  # one-pixel antialiased edge
+    rgba = np.asarray(img.convert("RGB"), dtype=np.float64) * alpha[..., None]
+    out = np.dstack([rgba.round(), alpha * 255]).round().astype(np.uint8)
+    return Image.fromarray(out, "RGBA")
+
+
+def exif_rotated_jpeg(img):
+    """A JPEG stored on its side with EXIF orientation 6 ("rotate 90 CW to view"), as
+    phone cameras write them; the upright picture is `img`."""
+    stored = img.transpose(Image.Transpose.ROTATE_90)  # counter-clockwise; 6 turns it back
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encode(stored, "JPEG", quality=90, exif=exif.tobytes())
+
+
+def derived():
+    """Re-encodings of the shipped photos, one per format variant."""
+    astronaut, chelsea, coffee = photo("astronaut.png"), photo("chelsea.png"), photo("coffee.png")
+    rocket, motorcycle, ihc = photo("rocket.jpg").convert("RGB"), photo("motorcycle_left.png"), photo("ihc.png")
+    camera, logo = photo("camera.png"), cutout(photo("logo.png"))
+    return [
+        ("astronaut_q90.jpg", encode(astronaut, "JPEG", quality=90)),
+        ("chelsea_progressive.jpg", encode(chelsea, "JPEG", quality=90, progressive=True)),
+        ("camera_grey.jpg", encode(camera, "JPEG", quality=90)),
+        ("coffee_cmyk.jpg", encode(coffee.convert("CMYK"), "JPEG", quality=90)),
+        ("rocket_exif6.jpg", exif_rotated_jpeg(rocket)),
+        ("rocket_rgb8.png", encode(rocket, "PNG")),
+        ("chelsea_rgb16.png", png_rgb16(chelsea)),
+        ("camera_grey16.png", encode(Image.fromarray(np.asarray(camera.convert("L"), dtype=np.uint16) * 257), "PNG")),
+        ("coffee_palette.png", encode(coffee.quantize(256), "PNG")),
+        ("camera_grey_alpha.png", encode(with_alpha(camera, "LA"), "PNG")),
+        ("chelsea_rgba.png", encode(with_alpha(chelsea), "PNG")),
+        ("logo_cutout.png", encode(logo, "PNG")),
+        ("coffee_lossy.webp", encode(coffee, "WEBP", quality=80, method=4)),
+        ("motorcycle_lossless.webp", encode(motorcycle, "WEBP", lossless=True)),
+        ("logo_cutout.webp", encode(logo, "WEBP", quality=90, method=4)),
+        ("chelsea.gif", encode(chelsea.quantize(256), "GIF")),
+        ("motorcycle.bmp", encode(motorcycle, "BMP")),
+        ("ihc.tif", encode(ihc, "TIFF")),
+        ("astronaut_lzw.tif", encode(astronaut, "TIFF", compression="tiff_lzw")),
+    ]
+
+
+@functools.lru_cache(maxsize=1)
+def _corpus():
+    names = set(os.listdir(skimage_data_dir()))
+    missing = [n for n in SHIPPED if n not in names]
+    if missing:
+        print(f"photos.py: not in this scikit-image, skipped: {', '.join(missing)}", file=sys.stderr)
+    return tuple([(n, shipped(n)) for n in SHIPPED if n in names] + derived())
+
+
+def corpus():
+    """[(name, encoded bytes)]: the shipped photos, then the derived encodings."""
+    return list(_corpus())
+
+
+@functools.lru_cache(maxsize=1)
+def jpeg_1000():
+    """A 1000x1000 baseline JPEG, quality 90, of a real photo: the benchmark's typical upload."""
+    big = photo("astronaut.png").convert("RGB").resize((1000, 1000), Image.Resampling.LANCZOS)
+    return encode(big, "JPEG", quality=90)
+
+
+def describe(data):
+    """Short format description as Pillow sees it, e.g. 'JPEG CMYK' or 'PNG RGB 16-bit'."""
+    img = Image.open(io.BytesIO(data))
+    parts = [img.format, img.mode]
+    if img.format == "PNG" and data[24] == 16:  # IHDR bit depth; Pillow hides it for RGB
+        parts.append("16-bit")
+    if img.info.get("progressive") or img.info.get("progression"):
+        parts.append("progressive")
+    if getattr(img, "n_frames", 1) > 1:
+        parts.append(f"{img.n_frames} frames")
+    if img.format == "WEBP":
+        parts.append("lossless" if img.info.get("lossless") or _webp_is_lossless(data) else "lossy")
+    if img.format == "TIFF":
+        parts.append(img.info.get("compression", "raw"))
+    if img.getexif().get(0x0112, 1) != 1:
+        parts.append(f"EXIF orientation {img.getexif()[0x0112]}")
+    if img.has_transparency_data:
+        parts.append("alpha")
+    return " ".join(parts)
+
+
+def _webp_is_lossless(data):
+    # A simple lossless WebP has a VP8L chunk; an extended one (VP8X) may carry it later.
+    return b"VP8L" in data[12:64] and b"VP8 " not in data[12:64]
+
+
+# --- the project's database ---------------------------------------------------------------
+
+def state_dir():
+    """$STATE as scripts/env.sh computes it (PG_VISION_STATE wins, as there)."""
+    if os.environ.get("PG_VISION_STATE"):
+        return os.environ["PG_VISION_STATE"]
+    out = subprocess.run(["bash", "-c", '. scripts/env.sh; echo "$STATE"'], cwd=REPO,
+                         check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def connect(**kwargs):
+    """A psycopg connection to the project's cluster (unix socket in $STATE/run), autocommit."""
+    import psycopg  # imported here so `photos.py --out` works without psycopg
+
+    state = state_dir()
+    with open(os.path.join(state, "port")) as f:
+        port = f.read().strip()
+    return psycopg.connect(host=os.path.join(state, "run"), port=port, user="postgres",
+                           dbname=os.environ.get("PGDATABASE", "pg_vision"), autocommit=True, **kwargs)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="directory to write the images into")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    for name, data in corpus() + [("jpeg_1000.jpg", jpeg_1000())]:
+        with open(os.path.join(args.out, name), "wb") as f:
+            f.write(data)
+        print(f"{name:28} {len(data):>9} bytes  {describe(data)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Every test: core unit tests, #[pg_test]s, the pg_regress suite, and the parity gate
+# against the independent reference pipeline. Run by `make test` after setup.
+set -euo pipefail
+. "$(dirname "$0")/env.sh"
+cd "$REPO"
+
+say "unit tests of the Postgres-free core (cargo test -p pg_vision_core)"
+cargo test -q -p pg_vision_core
+
+say "#[pg_test]s (cargo pgrx test, server as ${RUNAS:-$(id -un)})"
+mkdir -p "$STATE/pgrx-test"
+if [ -n "$RUNAS" ]; then
+  chown "$RUNAS" "$STATE/pgrx-test"
+  cargo pgrx test "pg$PG_MAJOR" --runas "$RUNAS" --pgdata "$STATE/pgrx-test"
+else
+  cargo pgrx test "pg$PG_MAJOR" --pgdata "$STATE/pgrx-test"
+fi
+
+# pg_test installed a debug build; the SQL suites run on the release build.
+"$REPO/scripts/install.sh"
+"$REPO/scripts/pg.sh" restart
+
+say "SQL regression tests (pg_regress: pgrx-tests/sql vs pgrx-tests/expected)"
+"$REPO/scripts/regress.sh"
+
+say "parity with the reference pipeline (Pillow + onnxruntime), gate cosine >= 0.999"
+"$PY" scripts/parity.py
+
+say "all tests passed"
