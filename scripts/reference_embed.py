@@ -10,7 +10,7 @@ step, so its vectors are what pg_vision's Rust pipeline should reproduce:
      is Pillow's plain convert("RGB");
   3. resize: "shortest_side" scales the short side to resize.size and the long side to
      int(long * size / short), truncated as torchvision's and CLIP's Resize(size) do;
-     "exact" resizes to width x height. Pillow's BICUBIC or BILINEAR filter, which
+     "exact" resizes to size x size (width x height when size is 0). Pillow's BICUBIC or BILINEAR filter, which
      antialiases (widens the kernel) when downscaling;
   4. crop "center" to width x height, offsets int(round((w - width) / 2.0)) like
      torchvision's CenterCrop (Python's round: halves go to the even integer); "none" keeps
@@ -88,7 +88,8 @@ def _resize(manifest, img):
     spec = manifest["resize"]
     resample = RESAMPLING[spec["interpolation"]]
     if spec["mode"] == "exact":
-        return img.resize((manifest["width"], manifest["height"]), resample)
+        side = spec.get("size", 0)
+        return img.resize((side, side) if side else (manifest["width"], manifest["height"]), resample)
     size = spec["size"]
     w, h = img.size
     short, long = min(w, h), max(w, h)

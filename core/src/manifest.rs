@@ -35,7 +35,8 @@ pub enum Alpha {
 pub enum ResizeMode {
     /// Scale so the short side equals `size`, keeping the aspect ratio.
     ShortestSide,
-    /// Scale to exactly `width` x `height`, ignoring the aspect ratio.
+    /// Scale to exactly `size` x `size` (or `width` x `height` when `size` is 0),
+    /// ignoring the aspect ratio.
     Exact,
 }
 
@@ -182,14 +183,14 @@ impl Manifest {
         if self.width == 0 || self.height == 0 || self.width > 4096 || self.height > 4096 {
             return bad(format!("input size {}x{} must be between 1 and 4096", self.width, self.height));
         }
-        if self.resize.mode == ResizeMode::ShortestSide && self.resize.size < self.width.max(self.height) && self.crop == Crop::Center {
+        if self.resize.size > 0 && self.resize.size < self.width.max(self.height) && self.crop == Crop::Center {
             return bad(format!("resize.size {} is smaller than the {}x{} crop", self.resize.size, self.width, self.height));
         }
         if self.resize.mode == ResizeMode::ShortestSide && self.resize.size == 0 {
             return bad("resize.size must be set for mode shortest_side".into());
         }
-        if self.resize.mode == ResizeMode::ShortestSide && self.crop == Crop::None {
-            return bad("mode shortest_side needs crop \"center\" to reach a fixed input size".into());
+        if self.resize.size > 0 && self.crop == Crop::None {
+            return bad("resize.size needs crop \"center\" to reach the fixed input size".into());
         }
         if self.std.iter().any(|s| !s.is_finite() || *s == 0.0) || self.mean.iter().any(|m| !m.is_finite()) || !self.scale.is_finite() {
             return bad("scale, mean and std must be finite and std non-zero".into());

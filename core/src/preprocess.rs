@@ -30,6 +30,7 @@ pub struct Geometry {
 /// offset is `round((resized - crop) / 2)` with ties to even, as Python's `round`.
 pub fn geometry(m: &Manifest, w: u32, h: u32) -> Geometry {
     let (rw, rh) = match m.resize.mode {
+        ResizeMode::Exact if m.resize.size > 0 => (m.resize.size, m.resize.size),
         ResizeMode::Exact => (m.width, m.height),
         ResizeMode::ShortestSide => {
             let size = m.resize.size as u64;
@@ -175,6 +176,9 @@ mod tests {
         assert_eq!(geometry(&m, 1, 1), Geometry { resized_w: 256, resized_h: 256, left: 16, top: 16 });
         assert_eq!(geometry(&m, 10000, 1).resized_w, 2_560_000);
         m.resize.mode = ResizeMode::Exact;
+        // exact to a square `size`, then the centre crop (OpenNSFW's 256 -> 224)
+        assert_eq!(geometry(&m, 1000, 750), Geometry { resized_w: 256, resized_h: 256, left: 16, top: 16 });
+        m.resize.size = 0;
         m.crop = Crop::None;
         assert_eq!(geometry(&m, 1000, 750), Geometry { resized_w: 224, resized_h: 224, left: 0, top: 0 });
     }

@@ -1,0 +1,2 @@
+-- Runs once, when the container initialises an empty data directory.
+CREATE EXTENSION IF NOT EXISTS pg_vision CASCADE;
