@@ -6,7 +6,7 @@
 #   docker compose up
 
 ARG PG_MAJOR=18
-ARG PGVECTOR_TAG=0.8.1-pg18
+ARG PGVECTOR_TAG=0.8.1-pg18-bookworm
 
 # --- build: cargo-pgrx against the same server headers as the runtime image -----------
 FROM pgvector/pgvector:${PGVECTOR_TAG} AS build
