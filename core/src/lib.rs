@@ -9,6 +9,7 @@ pub mod manifest;
 pub mod model;
 pub mod preprocess;
 pub mod runtime;
+pub mod text;
 
 pub use error::{Error, Kind, Result};
 pub use image;

