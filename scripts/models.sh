@@ -12,6 +12,11 @@ for v in lite0 lite2; do
     "$PY" scripts/build_efficientnet.py --variant "$v" --out "$out.tmp" && mv "$out.tmp" "$out"
   fi
 done
+# A CLIP-shaped fixture with RANDOM weights, for testing the text/image contract only.
+if [ ! -s models/clip-fixture-text.onnx ] || [ scripts/build_clip_fixture.py -nt models/clip-fixture-text.onnx ]; then
+  say "building the CLIP-shaped test fixture (random weights, not a real model)"
+  "$PY" scripts/build_clip_fixture.py --out models
+fi
 dest="$("$PG_CONFIG" --sharedir)/pg_vision"
 mkdir -p "$dest"
 for f in models/*.json models/*.onnx; do

@@ -22,10 +22,33 @@ def write(name, **changes):
     m = dict(base, name=name, **changes)
     json.dump(m, open(f"{d}/{name}.json", "w"), indent=1)
 write("ghost", onnx_file="ghost.onnx", fetch_hint="make ghost")      # weights file missing
+write("effnet_drop_alpha", alpha="drop")                              # same weights, alpha dropped
+write("effnet_white_alpha", alpha="white")                            # same weights, alpha onto white
 write("wrong_dim", dim=1000)                                          # output size differs
 write("wrong_input", input_name="pixels")                             # no such graph input
 write("wrong_output", output_name="features")                         # no such graph output
 open(f"{d}/broken.json", "w").write('{"name": "broken", ')            # not JSON
+PY
+# Format and geometry cases: an EXIF-rotated JPEG and its upright twin, a transparent
+# cutout, a tiny and an extreme-aspect image, a CMYK JPEG, an animated GIF.
+"$PY" - "$DATA" "$SKIMAGE" <<'PY'
+import os, sys
+import numpy as np
+from PIL import Image
+d, sk = sys.argv[1], sys.argv[2]
+rocket = Image.open(os.path.join(sk, "rocket.jpg")).convert("RGB")
+rocket.save(f"{d}/upright.jpg", quality=92)
+exif = Image.Exif(); exif[0x0112] = 6          # "rotate 90 clockwise to view"
+rocket.transpose(Image.Transpose.ROTATE_90).save(f"{d}/rotated_exif6.jpg", quality=92, exif=exif.tobytes())
+chelsea = np.asarray(Image.open(os.path.join(sk, "chelsea.png")).convert("RGB"))
+alpha = np.zeros(chelsea.shape[:2], np.uint8); alpha[60:240, 120:330] = 255   # opaque window, transparent border
+rgba = np.dstack([chelsea, alpha]); rgba[alpha == 0, :3] = 0                    # hidden pixels stored black
+Image.fromarray(rgba, "RGBA").save(f"{d}/cutout.png")
+Image.new("RGB", (1, 1), (200, 30, 30)).save(f"{d}/tiny_1x1.png")
+Image.new("RGB", (10000, 1), (30, 200, 30)).save(f"{d}/wide_10000x1.png")
+Image.fromarray(chelsea).convert("CMYK").save(f"{d}/cmyk.jpg", quality=92)
+frames = [Image.fromarray(chelsea).quantize(64), Image.new("P", (451, 300))]
+frames[0].save(f"{d}/animated.gif", save_all=True, append_images=frames[1:], duration=100)
 PY
 chmod -R a+rX "$DATA"
 
@@ -33,7 +56,7 @@ chmod -R a+rX "$DATA"
 tests=("$@")
 [ ${#tests[@]} -gt 0 ] || mapfile -t tests < <(grep -v '^#' pgrx-tests/schedule)
 mkdir -p "$STATE/regress"
-PGV_TESTDATA="$DATA" "$PGINSTALL/lib/pgxs/src/test/regress/pg_regress" \
+PGV_TESTDATA="$DATA" PGV_REGRESS_HELPERS="$REPO/pgrx-tests/helpers.psql" "$PGINSTALL/lib/pgxs/src/test/regress/pg_regress" \
   --inputdir=pgrx-tests --outputdir="$STATE/regress" --expecteddir=pgrx-tests \
   --bindir="$PGBIN" --host="$PGSOCK" --port="$(pg_port)" --user=postgres --dbname=pg_vision_regress \
   "${tests[@]}" || { cat "$STATE/regress/regression.diffs" 2>/dev/null | head -100; die "regression tests failed (diffs: $STATE/regress/regression.diffs)"; }

@@ -26,6 +26,39 @@ fn embed_image(model: &str, image: &[u8]) -> Vector {
     Vector::checked(v).or_raise()
 }
 
+/// Embeds text with a CLIP-style model's text tower, into the same space as its images.
+/// Text longer than the model's context (77 tokens for CLIP) is truncated: the first 75
+/// tokens are kept (`pg_vision_core::text::tokenize`).
+#[pg_extern(immutable, strict, parallel_safe)]
+fn embed_text(model: &str, input: &str) -> Vector {
+    let mut v = cache::with_text_model(model, |m| m.embed_text(&[input])).or_raise();
+    Vector::checked(v.pop().expect("one vector per text")).or_raise()
+}
+
+/// Embeds many images in one call, for backfills: decoded in parallel on every core,
+/// run through the model in batches of `batch_size`, with query cancel checked between
+/// batches. NULL elements give NULL vectors; any other bad image fails the whole call
+/// with its position in the array.
+#[pg_extern(immutable, parallel_safe)]
+fn embed_images(model: Option<&str>, images: Option<Array<&[u8]>>, batch_size: default!(i32, 16)) -> Option<Vec<Option<Vector>>> {
+    let (model, images) = (model?, images?);
+    if batch_size < 1 {
+        crate::errors::raise(pg_vision_core::Error::new(pg_vision_core::Kind::InvalidArgument, format!("batch_size must be at least 1, got {batch_size}")));
+    }
+    let present: Vec<&[u8]> = images.iter().flatten().collect();
+    let limits = guc::limits();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut vectors = cache::with_model(model, |m| {
+        embed::embed_images(m, &present, &limits, batch_size as usize, threads, || {
+            pgrx::check_for_interrupts!();
+            Ok(())
+        })
+    })
+    .or_raise()
+    .into_iter();
+    Some(images.iter().map(|img| img.map(|_| Vector::checked(vectors.next().expect("one vector per image")).or_raise())).collect())
+}
+
 /// Another output of the model than its embedding, as an array (e.g. EfficientNet's
 /// ImageNet `logits`).
 #[pg_extern(immutable, strict, parallel_safe)]
@@ -91,11 +124,12 @@ fn pg_vision_models() -> TableIterator<
 
 /// This connection's loaded models.
 #[pg_extern(volatile, parallel_safe)]
-fn pg_vision_loaded_models() -> TableIterator<'static, (name!(name, String), name!(file_bytes, i64), name!(load_ms, f64), name!(hits, i64))> {
-    TableIterator::new(cache::loaded().into_iter().map(|l| (l.name, l.file_bytes as i64, l.load_ms, l.hits as i64)))
+fn pg_vision_loaded_models(
+) -> TableIterator<'static, (name!(name, String), name!(tower, String), name!(file_bytes, i64), name!(load_ms, f64), name!(hits, i64))> {
+    TableIterator::new(cache::loaded().into_iter().map(|l| (l.name, l.kind.to_owned(), l.file_bytes as i64, l.load_ms, l.hits as i64)))
 }
 
-/// Frees a model (or every model, with NULL) in this connection; returns how many.
+/// Frees a model's towers (or every model, with NULL) in this connection; returns how many.
 #[pg_extern(volatile, parallel_unsafe)]
 fn pg_vision_unload(model: default!(Option<&str>, "NULL")) -> i32 {
     cache::unload(model) as i32
@@ -112,9 +146,14 @@ CREATE FUNCTION embed_fclip(image bytea) RETURNS vector(512)
     IMMUTABLE STRICT PARALLEL SAFE LANGUAGE sql
     RETURN embed_image('fclip', image)::vector(512);
 COMMENT ON FUNCTION embed_fclip(bytea) IS 'Fashion-CLIP (ViT-B/32) 512-d image embedding, L2-normalised';
+
+CREATE FUNCTION embed_fclip_text(input text) RETURNS vector(512)
+    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE sql
+    RETURN embed_text('fclip', input)::vector(512);
+COMMENT ON FUNCTION embed_fclip_text(text) IS 'Fashion-CLIP 512-d text embedding, L2-normalised, comparable with embed_fclip';
 "#,
     name = "model_wrappers",
-    requires = [embed_image]
+    requires = [embed_image, embed_text]
 );
 
 #[cfg(any(test, feature = "pg_test"))]

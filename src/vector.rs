@@ -40,6 +40,24 @@ impl Vector {
     }
 }
 
+impl pgrx::IntoDatum for Vector {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(self.to_datum())
+    }
+
+    /// pgvector's type, found through its extension so the search_path does not matter.
+    /// Only needed to build `vector[]` arrays.
+    fn type_oid() -> pg_sys::Oid {
+        pgrx::Spi::get_one::<pg_sys::Oid>(
+            "SELECT t.oid FROM pg_type t JOIN pg_extension e ON t.typnamespace = e.extnamespace \
+              WHERE e.extname = 'vector' AND t.typname = 'vector'",
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| crate::errors::raise(Error::new(Kind::BadModel, "pgvector's type \"vector\" was not found").with_hint("CREATE EXTENSION vector")))
+    }
+}
+
 unsafe impl SqlTranslatable for Vector {
     const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(Vector);
     const TYPE_ORIGIN: TypeOrigin = TypeOrigin::External;

@@ -94,6 +94,9 @@ pub struct Manifest {
     pub l2_normalize: bool,
     #[serde(default)]
     pub extra_outputs: BTreeMap<String, ExtraOutput>,
+    /// The text tower of a CLIP-style model (`text.rs`); absent for image-only models.
+    #[serde(default)]
+    pub text: Option<crate::text::TextManifest>,
 }
 
 /// Model names are file names too: keep them to a safe alphabet so a name can never
@@ -197,6 +200,9 @@ impl Manifest {
         }
         if self.dim == 0 || self.dim > 16000 {
             return bad(format!("dim {} must be between 1 and 16000 (pgvector's limit)", self.dim));
+        }
+        if let Some(text) = &self.text {
+            text.validate(self.dim, origin)?;
         }
         Ok(())
     }

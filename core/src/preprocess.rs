@@ -162,6 +162,7 @@ mod tests {
             dim: 8,
             l2_normalize: false,
             extra_outputs: BTreeMap::new(),
+            text: None,
         }
     }
 

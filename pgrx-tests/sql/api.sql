@@ -1,7 +1,7 @@
 -- The SQL API: functions, NULL handling, real-photo facts, volatility.
 CREATE EXTENSION IF NOT EXISTS pg_vision CASCADE;
-\getenv testdata PGV_TESTDATA
-\set chelsea :testdata '/chelsea.png'
+\getenv helpers PGV_REGRESS_HELPERS
+\i :helpers
 \set coffee :testdata '/coffee.png'
 \set rocket :testdata '/rocket.jpg'
 CREATE TEMP TABLE photo AS

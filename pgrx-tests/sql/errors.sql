@@ -1,20 +1,8 @@
 -- Every bad input is an ERROR with its SQLSTATE, a message that says what was wrong and a
 -- hint that says what to do; the backend survives each one.
-\getenv testdata PGV_TESTDATA
-\set chelsea :testdata '/chelsea.png'
+\getenv helpers PGV_REGRESS_HELPERS
+\i :helpers
 \set truncated :testdata '/truncated.png'
-\set models :testdata '/models'
--- Runs a statement and reports its SQLSTATE, message and hint, with paths masked.
-CREATE FUNCTION pg_temp.try(q text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE s text; m text; h text;
-BEGIN
-  EXECUTE q;
-  RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-  GET STACKED DIAGNOSTICS s = RETURNED_SQLSTATE, m = MESSAGE_TEXT, h = PG_EXCEPTION_HINT;
-  RETURN s || ' ' || regexp_replace(m, '/[^ ]*/', '<dir>/', 'g')
-           || coalesce(E'\n  HINT: ' || nullif(regexp_replace(h, '/[^ ]*/', '<dir>/', 'g'), ''), '');
-END $$;
 
 -- undecodable bytes (22P03)
 SELECT pg_temp.try($$SELECT embed_efficientnet('\xdeadbeef')$$);
