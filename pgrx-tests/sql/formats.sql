@@ -13,9 +13,10 @@ SELECT round((1 - (embed_efficientnet(a.img) <=> embed_efficientnet(b.img)))::nu
 
 -- transparency: "white" (efficientnet's rule) composites onto white, "drop" keeps the stored
 -- (black) colour of hidden pixels; the two pictures differ
+CREATE TEMP TABLE cutout_default AS SELECT embed_efficientnet(img) AS v FROM f WHERE name = 'cutout.png';
 SET pg_vision.model_dir = :'models';
 SELECT 1 - (embed_image('effnet_white_alpha', img) <=> embed_image('effnet_drop_alpha', img)) < 0.99 AS rules_differ,
-       embed_image('effnet_white_alpha', img) = (SELECT embed_efficientnet(img) FROM f WHERE name = 'cutout.png') AS white_is_default
+       embed_image('effnet_white_alpha', img) = (SELECT v FROM cutout_default) AS white_is_default
   FROM f WHERE name = 'cutout.png';
 RESET pg_vision.model_dir;
 
