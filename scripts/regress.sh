@@ -49,6 +49,11 @@ Image.new("RGB", (10000, 1), (30, 200, 30)).save(f"{d}/wide_10000x1.png")
 Image.fromarray(chelsea).convert("CMYK").save(f"{d}/cmyk.jpg", quality=92)
 frames = [Image.fromarray(chelsea).quantize(64), Image.new("P", (451, 300))]
 frames[0].save(f"{d}/animated.gif", save_all=True, append_images=frames[1:], duration=100)
+# COPY input (text format, bytea as hex) for the trigger test: three photos and a broken one.
+with open(f"{d}/copy.txt", "w") as out:
+    for i, n in enumerate(["chelsea.png", "coffee.png", "rocket.jpg"], 1):
+        out.write(f"{i}\t\\\\x{open(os.path.join(sk, n), 'rb').read().hex()}\n")
+    out.write("4\t\\\\xdeadbeef\n")
 PY
 chmod -R a+rX "$DATA"
 

@@ -6,7 +6,8 @@
 //! - `errors.rs`: core errors to SQLSTATEs
 //! - `cache.rs`: the per-backend model cache
 //! - `embed.rs`: the embedding functions
-//! - `images.rs`: image_info, image_checksum
+//! - `images.rs`: image_info, image_checksum, image_from_base64
+//! - `../sql/trigger.sql`, `../sql/backfill.sql`: the indexing trigger and the backfill procedure
 
 use pgrx::prelude::*;
 
@@ -26,6 +27,11 @@ COMMENT ON EXTENSION pg_vision IS 'image-embedding models (ONNX) inside PostgreS
     name = "comment",
     bootstrap
 );
+
+// The trigger and the backfill are SQL over the functions above: plain PL/pgSQL is the
+// clearest way to say "for each target column, embed, handle the failure policy".
+extension_sql_file!("../sql/trigger.sql", name = "trigger", requires = [embed::embed_image, images::image_checksum, embed::pg_vision_models]);
+extension_sql_file!("../sql/backfill.sql", name = "backfill", requires = ["trigger", embed::embed_images]);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

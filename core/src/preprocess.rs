@@ -17,12 +17,13 @@ use crate::manifest::{ColorOrder, Crop, Interpolation, Layout, Manifest, ResizeM
 /// Where the model's input window lies in the (virtually) resized image.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Geometry {
-    /// Size of the whole resized image.
-    pub resized_w: u32,
-    pub resized_h: u32,
+    /// Size of the whole resized image (u64: a 20,000,000 x 1 strip resized to a
+    /// short side of 256 is 5.1e9 pixels long).
+    pub resized_w: u64,
+    pub resized_h: u64,
     /// Top-left corner of the crop in the resized image.
-    pub left: u32,
-    pub top: u32,
+    pub left: u64,
+    pub top: u64,
 }
 
 /// Resized size and crop offset for an image of `w` x `h`. The long side is truncated
@@ -30,18 +31,18 @@ pub struct Geometry {
 /// offset is `round((resized - crop) / 2)` with ties to even, as Python's `round`.
 pub fn geometry(m: &Manifest, w: u32, h: u32) -> Geometry {
     let (rw, rh) = match m.resize.mode {
-        ResizeMode::Exact if m.resize.size > 0 => (m.resize.size, m.resize.size),
-        ResizeMode::Exact => (m.width, m.height),
+        ResizeMode::Exact if m.resize.size > 0 => (m.resize.size as u64, m.resize.size as u64),
+        ResizeMode::Exact => (m.width as u64, m.height as u64),
         ResizeMode::ShortestSide => {
             let size = m.resize.size as u64;
             if w <= h {
-                (size as u32, ((h as u64 * size) / w as u64).max(size) as u32)
+                (size, ((h as u64 * size) / w as u64).max(size))
             } else {
-                (((w as u64 * size) / h as u64).max(size) as u32, size as u32)
+                (((w as u64 * size) / h as u64).max(size), size)
             }
         }
     };
-    let offset = |resized: u32, crop: u32| ((resized.saturating_sub(crop)) as f64 / 2.0).round_ties_even() as u32;
+    let offset = |resized: u64, crop: u32| ((resized.saturating_sub(crop as u64)) as f64 / 2.0).round_ties_even() as u64;
     match m.crop {
         Crop::Center => Geometry { resized_w: rw, resized_h: rh, left: offset(rw, m.width), top: offset(rh, m.height) },
         Crop::None => Geometry { resized_w: rw, resized_h: rh, left: 0, top: 0 },
@@ -71,7 +72,7 @@ pub fn resize_crop(img: &Rgb8, m: &Manifest) -> Result<Vec<u8>> {
     // Source rows within the vertical filter's reach of the crop window (+1 for rounding).
     let reach = support * sy.max(1.0) + 1.0;
     let row0 = ((g.top as f64 * sy - reach).floor().max(0.0)) as u32;
-    let row1 = (((g.top + m.height) as f64 * sy + reach).ceil().min(img.height as f64)) as u32;
+    let row1 = (((g.top + m.height as u64) as f64 * sy + reach).ceil().min(img.height as f64)) as u32;
     let rows = row1 - row0;
 
     // Pass 1, horizontal: rows row0..row1, every column, to the crop's width.
@@ -176,6 +177,9 @@ mod tests {
         assert_eq!(geometry(&m, 750, 1000), Geometry { resized_w: 256, resized_h: 341, left: 16, top: 58 });
         assert_eq!(geometry(&m, 1, 1), Geometry { resized_w: 256, resized_h: 256, left: 16, top: 16 });
         assert_eq!(geometry(&m, 10000, 1).resized_w, 2_560_000);
+        // Past u32: a 16,777,217 x 1 strip is 4,294,967,552 pixels long once resized.
+        let g = geometry(&m, 16_777_217, 1);
+        assert_eq!((g.resized_w, g.left), (4_294_967_552, 2_147_483_664));
         m.resize.mode = ResizeMode::Exact;
         // exact to a square `size`, then the centre crop (OpenNSFW's 256 -> 224)
         assert_eq!(geometry(&m, 1000, 750), Geometry { resized_w: 256, resized_h: 256, left: 16, top: 16 });
@@ -226,9 +230,9 @@ mod tests {
         // Reference: the whole image, horizontal pass then vertical pass, then the cut.
         let alg = ResizeAlg::Convolution(FilterType::CatmullRom);
         let src = ImageRef::new(w, h, &img.data, PixelType::U8x3).unwrap();
-        let mut wide = Image::new(g.resized_w, h, PixelType::U8x3);
+        let mut wide = Image::new(g.resized_w as u32, h, PixelType::U8x3);
         Resizer::new().resize(&src, &mut wide, &ResizeOptions::new().resize_alg(alg)).unwrap();
-        let mut full = Image::new(g.resized_w, g.resized_h, PixelType::U8x3);
+        let mut full = Image::new(g.resized_w as u32, g.resized_h as u32, PixelType::U8x3);
         Resizer::new().resize(&wide, &mut full, &ResizeOptions::new().resize_alg(alg)).unwrap();
         let full = full.into_vec();
         let mut max_diff = 0;

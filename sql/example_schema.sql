@@ -1,0 +1,39 @@
+-- A ReSys.Shop-shaped catalogue: products and their images, embedded by the trigger on
+-- insert, searched with HNSW indexes. Used by `make demo`; psql -f it into any database.
+CREATE EXTENSION IF NOT EXISTS pg_vision CASCADE;
+
+CREATE TABLE IF NOT EXISTS products (
+    id         uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    name       text NOT NULL,
+    sku        text NOT NULL UNIQUE,
+    price      numeric(10, 2) NOT NULL CHECK (price >= 0),
+    category   text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS product_images (
+    id                     uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    product_id             uuid NOT NULL REFERENCES products (id) ON DELETE CASCADE,
+    position               int NOT NULL DEFAULT 0,
+    image                  bytea,
+    checksum               text,
+    embedding_efficientnet vector(1280),
+    embedding_fclip        vector(512),
+    created_at             timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS product_images_product_id ON product_images (product_id);
+
+-- Embeds every inserted or re-uploaded image. Fashion-CLIP is listed too: without its
+-- weights (make fclip) it cannot run, so on_error=null stores the row with a NULL
+-- embedding_fclip and records the failure in pg_vision_errors instead of rejecting it.
+-- Drop the ':fclip' argument where Fashion-CLIP is not installed to avoid the warnings.
+DROP TRIGGER IF EXISTS product_images_embed ON product_images;
+CREATE TRIGGER product_images_embed
+    BEFORE INSERT OR UPDATE OF image ON product_images
+    FOR EACH ROW EXECUTE FUNCTION pg_vision_embed_trigger(
+        'image', 'embedding_efficientnet:efficientnet', 'checksum=checksum', 'on_error=null');
+
+CREATE INDEX IF NOT EXISTS product_images_efficientnet_hnsw
+    ON product_images USING hnsw (embedding_efficientnet vector_cosine_ops);
+CREATE INDEX IF NOT EXISTS product_images_fclip_hnsw
+    ON product_images USING hnsw (embedding_fclip vector_cosine_ops);
