@@ -15,6 +15,7 @@ Usage: bench.py [--iterations 200] [--model efficientnet] [--threads N] [--json 
 
 import argparse
 import json
+import statistics
 import os
 import platform
 import sys
@@ -88,6 +89,17 @@ def bench_image(conn, model, image, iterations):
     return result
 
 
+def bench_batch(conn, model, image, count, batch_size, rounds=3):
+    """Throughput of embed_images(): `count` copies of `image` per call, images per second."""
+    ips = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        conn.execute("SELECT embed_images(%s, %s, %s)", (model, [image] * count, batch_size))
+        ips.append(count / (time.perf_counter() - t0))
+    return {"images_per_call": count, "batch_size": batch_size, "rounds": rounds,
+            "images_per_s_best": round(max(ips), 1), "images_per_s_median": round(statistics.median(ips), 1)}
+
+
 def print_table(title, figures):
     print(f"\n{title}")
     print(f"  {'ms':18} {'p50':>8} {'p95':>8} {'p99':>8} {'mean':>8}")
@@ -101,6 +113,7 @@ def main():
     ap.add_argument("--model", default="efficientnet")
     ap.add_argument("--threads", type=int, help="pg_vision.intra_op_threads for this session (0: one per core)")
     ap.add_argument("--json", metavar="FILE", help="also save the figures as JSON")
+    ap.add_argument("--batch", type=int, default=64, help="images per embed_images() call for the throughput figure (0: skip)")
     args = ap.parse_args()
 
     images = {
@@ -121,6 +134,7 @@ def main():
         rss_after = backend_rss_kib(conn)
         (server_version,) = conn.execute("SHOW server_version").fetchone()
         results = {name: bench_image(conn, args.model, image, args.iterations) for name, image in images.items()}
+        batch = bench_batch(conn, args.model, photos.jpeg_1000(), args.batch, 16) if args.batch else None
 
     settings = {
         "model": args.model, "iterations": args.iterations, "warmup_calls": WARMUP_CALLS,
@@ -136,9 +150,12 @@ def main():
           f"first call (load + embed) {first_call_ms:.0f} ms")
     for name, figures in results.items():
         print_table(f"{name}, {args.iterations} iterations", figures)
+    if batch:
+        print(f"\nbatch: embed_images() of {batch['images_per_call']} x jpeg_1000, batch_size {batch['batch_size']}: "
+              f"{batch['images_per_s_median']} images/s median, {batch['images_per_s_best']} best of {batch['rounds']} calls")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"settings": settings, "memory": memory, "results": results}, f, indent=2)
+            json.dump({"settings": settings, "memory": memory, "results": results, "batch": batch}, f, indent=2)
         print(f"\nsaved {args.json}")
     return 0
 
