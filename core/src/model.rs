@@ -112,27 +112,44 @@ impl Model {
         let (shape, values) = outputs[out_name.as_str()]
             .try_extract_tensor::<f32>()
             .map_err(|e| Error::new(Kind::BadModel, format!("model \"{name}\": output \"{out_name}\" is not a float32 tensor: {e}")))?;
-        if values.len() != batch * dim || shape.first().copied() != Some(batch as i64) {
-            return Err(Error::new(
-                Kind::BadModel,
-                format!("model \"{name}\": output \"{out_name}\" has shape {shape:?} for {batch} image(s), but the manifest declares {dim} values per image"),
-            )
-            .with_hint("fix dim in the model's manifest, or re-export the model"));
-        }
-        let mut vectors = Vec::with_capacity(batch);
-        for (i, v) in values.chunks_exact(dim).enumerate() {
-            let mut v = v.to_vec();
-            if let Some(pos) = v.iter().position(|x| !x.is_finite()) {
-                return Err(Error::new(Kind::NonFinite, format!("model \"{name}\" produced {} at position {pos} of image {}", v[pos], i + 1))
-                    .with_hint("the model or its manifest's normalisation is broken; the vector was not stored"));
-            }
-            if l2 {
-                l2_normalize(&mut v);
-            }
-            vectors.push(v);
-        }
-        Ok(vectors)
+        split_output(&name, &format!("output \"{out_name}\""), "image", &shape[..], values, batch, dim, l2)
     }
+}
+
+/// Splits a model's `[batch, dim]` output into one vector per input, after checking its
+/// size against the manifest, rejecting NaN and infinity, and L2-normalising if `l2`.
+/// `item` names an input ("image", "text") in messages.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn split_output(
+    model: &str,
+    output: &str,
+    item: &str,
+    shape: &[i64],
+    values: &[f32],
+    batch: usize,
+    dim: usize,
+    l2: bool,
+) -> Result<Vec<Vec<f32>>> {
+    if values.len() != batch * dim || shape.first().copied() != Some(batch as i64) {
+        return Err(Error::new(
+            Kind::BadModel,
+            format!("model \"{model}\": {output} has shape {shape:?} for {batch} {item}(s), but the manifest declares {dim} values per {item}"),
+        )
+        .with_hint("fix the dim in the model's manifest (a text tower's must equal the image dim), or re-export the model"));
+    }
+    let mut vectors = Vec::with_capacity(batch);
+    for (i, v) in values.chunks_exact(dim).enumerate() {
+        let mut v = v.to_vec();
+        if let Some(pos) = v.iter().position(|x| !x.is_finite()) {
+            return Err(Error::new(Kind::NonFinite, format!("model \"{model}\" produced {} at position {pos} of {item} {}", v[pos], i + 1))
+                .with_hint("the model or its manifest's normalisation is broken; the vector was not stored"));
+        }
+        if l2 {
+            l2_normalize(&mut v);
+        }
+        vectors.push(v);
+    }
+    Ok(vectors)
 }
 
 /// Scales to unit length; an all-zero vector stays zero (there is no direction to keep).

@@ -49,7 +49,7 @@ use serde::Deserialize;
 use unicode_normalization::UnicodeNormalization;
 
 use crate::error::{Error, Kind, Result};
-use crate::model::{l2_normalize, SessionOptions};
+use crate::model::SessionOptions;
 use crate::runtime;
 
 /// `<|startoftext|>` in OpenAI CLIP's vocabulary.
@@ -386,26 +386,7 @@ impl TextModel {
         let (shape, values) = outputs[out_name.as_str()]
             .try_extract_tensor::<f32>()
             .map_err(|e| Error::new(Kind::BadModel, format!("model \"{name}\": text output \"{out_name}\" is not a float32 tensor: {e}")))?;
-        if values.len() != batch * dim || shape.first().copied() != Some(batch as i64) {
-            return Err(Error::new(
-                Kind::BadModel,
-                format!("model \"{name}\": text output \"{out_name}\" has shape {shape:?} for {batch} text(s), but the manifest declares {dim} values per text"),
-            )
-            .with_hint("fix text.dim in the model's manifest (it must equal the image dim), or re-export the model"));
-        }
-        let mut vectors = Vec::with_capacity(batch);
-        for (i, v) in values.chunks_exact(dim).enumerate() {
-            let mut v = v.to_vec();
-            if let Some(pos) = v.iter().position(|x| !x.is_finite()) {
-                return Err(Error::new(Kind::NonFinite, format!("model \"{name}\" produced {} at position {pos} of text {}", v[pos], i + 1))
-                    .with_hint("the text tower is broken; the vector was not returned"));
-            }
-            if l2 {
-                l2_normalize(&mut v);
-            }
-            vectors.push(v);
-        }
-        Ok(vectors)
+        crate::model::split_output(&name, &format!("text output \"{out_name}\""), "text", &shape[..], values, batch, dim, l2)
     }
 }
 
