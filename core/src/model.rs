@@ -34,6 +34,31 @@ fn ort_err(kind: Kind, context: &str) -> impl Fn(ort::Error) -> Error + '_ {
     move |e| Error::new(kind, format!("{context}: {e}"))
 }
 
+/// A session for one ONNX file, with pg_vision's options: full graph optimisation (below
+/// that ONNX Runtime loses its blocked-layout convolutions, 2.5x slower), the configured
+/// intra-op threads, one inter-op thread, no spinning. Session creation starts the
+/// intra-op pool, so it runs with signals blocked: its threads inherit a blocked mask.
+pub(crate) fn build_session(onnx: &Path, opts: &SessionOptions, context: &str) -> Result<Session> {
+    let env = runtime::environment(&opts.library)?;
+    runtime::with_signals_blocked(|| -> Result<Session> {
+        let err = |e: ort::Error<_>| Error::new(Kind::BadModel, format!("{context}: {e}"));
+        Session::builder(env)
+            .map_err(ort_err(Kind::BadModel, context))?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(err)?
+            .with_intra_threads(opts.intra_threads)
+            .map_err(err)?
+            .with_inter_threads(1)
+            .map_err(err)?
+            .with_intra_op_spinning(false)
+            .map_err(err)?
+            .with_inter_op_spinning(false)
+            .map_err(err)?
+            .commit_from_file(onnx)
+            .map_err(ort_err(Kind::BadModel, context))
+    })
+}
+
 impl Model {
     /// Reads `<dir>/<name>.json` and its ONNX file and builds a session.
     pub fn load(dir: &Path, name: &str, opts: &SessionOptions) -> Result<Model> {
@@ -47,27 +72,7 @@ impl Model {
                     .with_hint(format!("create it with: {}", manifest.fetch_hint)));
             }
         };
-        let env = runtime::environment(&opts.library)?;
-        let context = format!("model \"{name}\": cannot load {}", onnx.display());
-        // Session creation starts the intra-op thread pool: block signals so its threads
-        // inherit a fully blocked mask.
-        let session = runtime::with_signals_blocked(|| -> Result<Session> {
-            let err = |e: ort::Error<_>| Error::new(Kind::BadModel, format!("{context}: {e}"));
-            Session::builder(env)
-                .map_err(ort_err(Kind::BadModel, &context))?
-                .with_optimization_level(GraphOptimizationLevel::All)
-                .map_err(err)?
-                .with_intra_threads(opts.intra_threads)
-                .map_err(err)?
-                .with_inter_threads(1)
-                .map_err(err)?
-                .with_intra_op_spinning(false)
-                .map_err(err)?
-                .with_inter_op_spinning(false)
-                .map_err(err)?
-                .commit_from_file(&onnx)
-                .map_err(ort_err(Kind::BadModel, &context))
-        })?;
+        let session = build_session(&onnx, opts, &format!("model \"{name}\": cannot load {}", onnx.display()))?;
         let model = Model { manifest, session, file_bytes, load_time: Duration::ZERO };
         model.check_signature()?;
         Ok(Model { load_time: start.elapsed(), ..model })

@@ -41,7 +41,6 @@ use std::time::{Duration, Instant};
 
 use instant_clip_tokenizer::{Token, Tokenizer};
 use once_cell::sync::Lazy;
-use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{TensorElementType, TensorRef};
 use regex::Regex;
@@ -50,7 +49,6 @@ use unicode_normalization::UnicodeNormalization;
 
 use crate::error::{Error, Kind, Result};
 use crate::model::SessionOptions;
-use crate::runtime;
 
 /// `<|startoftext|>` in OpenAI CLIP's vocabulary.
 pub const START_OF_TEXT: i64 = 49406;
@@ -301,26 +299,8 @@ impl TextModel {
                     .with_hint(format!("create it with: {fetch_hint}")));
             }
         };
-        let env = runtime::environment(&opts.library)?;
         let context = format!("model \"{name}\": cannot load the text tower {}", onnx.display());
-        // As in Model::load: the intra-op pool's threads inherit a fully blocked signal mask.
-        let session = runtime::with_signals_blocked(|| -> Result<Session> {
-            let err = |e: ort::Error<_>| Error::new(Kind::BadModel, format!("{context}: {e}"));
-            Session::builder(env)
-                .map_err(|e| Error::new(Kind::BadModel, format!("{context}: {e}")))?
-                .with_optimization_level(GraphOptimizationLevel::All)
-                .map_err(err)?
-                .with_intra_threads(opts.intra_threads)
-                .map_err(err)?
-                .with_inter_threads(1)
-                .map_err(err)?
-                .with_intra_op_spinning(false)
-                .map_err(err)?
-                .with_inter_op_spinning(false)
-                .map_err(err)?
-                .commit_from_file(&onnx)
-                .map_err(|e| Error::new(Kind::BadModel, format!("{context}: {e}")))
-        })?;
+        let session = crate::model::build_session(&onnx, opts, &context)?;
         let model = TextModel { name: name.to_owned(), manifest: text, session, file_bytes, load_time: Duration::ZERO };
         model.check_signature()?;
         Ok(TextModel { load_time: start.elapsed(), ..model })
