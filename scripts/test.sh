@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$REPO"
 
 say "unit tests of the Postgres-free core (cargo test -p pg_vision_core)"
-cargo test -q -p pg_vision_core
+# The fixture test of the text tower runs ONNX Runtime from the library setup installed.
+PG_VISION_ORT_LIB="$("$PG_CONFIG" --pkglibdir)/libonnxruntime.so" cargo test -q -p pg_vision_core
 
 say "#[pg_test]s (cargo pgrx test, server as ${RUNAS:-$(id -un)})"
 mkdir -p "$STATE/pgrx-test"

