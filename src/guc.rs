@@ -12,7 +12,7 @@ pub static MODEL_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>
 pub static INTRA_OP_THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static MAX_IMAGE_PIXELS: GucSetting<i32> = GucSetting::<i32>::new(50_000_000);
 pub static MAX_IMAGE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024 * 1024);
-/// In MB. 1 GB: several EfficientNets (20-40 MB each, measured) or one CLIP ViT-B/32 with
+/// In MB. 1 GB: about 50 EfficientNet-Lite0 copies (20 MB each, measured) or one CLIP ViT-B/32 with
 /// both towers (about 600 MB of float32 weights) fit in every backend that needs one, while
 /// a burst of connections can no longer multiply that by max_connections.
 pub static MEMORY_BUDGET: GucSetting<i32> = GucSetting::<i32>::new(1024);
