@@ -2,8 +2,12 @@
 # The project's own PostgreSQL: scripts/pg.sh start|stop|status|psql [args]
 # The cluster lives in $STATE/data, owned by `postgres` when run as root, and listens on
 # 127.0.0.1 and a socket in $STATE/run, on the first free port from 54320.
+# Server options: $PG_VISION_SERVER_OPTS, by default `-c shared_preload_libraries=pg_vision`
+# (the cluster-wide memory budget needs it); PG_VISION_SERVER_OPTS= (empty) starts without.
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
+
+SERVER_OPTS="${PG_VISION_SERVER_OPTS--c shared_preload_libraries=pg_vision}"
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -26,7 +30,7 @@ start() {
     touch "$PGLOG"; [ -n "$RUNAS" ] && chown "$RUNAS" "$PGLOG"
     say "starting PostgreSQL on port $port"
     as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGLOG" -w -t 60 \
-      -o "-p $port -k $PGSOCK -c listen_addresses=127.0.0.1 ${PG_VISION_SERVER_OPTS:-}" start >/dev/null \
+      -o "-p $port -k $PGSOCK -c listen_addresses=127.0.0.1 $SERVER_OPTS" start >/dev/null \
       || { tail -20 "$PGLOG"; die "PostgreSQL did not start (log: $PGLOG)"; }
   fi
   PGDATABASE=postgres pgv_psql -qtAc "SELECT 1 FROM pg_database WHERE datname = 'pg_vision'" | grep -q 1 \

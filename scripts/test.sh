@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every test: core unit tests, #[pg_test]s, the pg_regress suite, and the parity gate
-# against the independent reference pipeline. Run by `make test` after setup.
+# Every test: core unit tests, #[pg_test]s, the pg_regress suite, the memory budget and
+# query-cancel drivers, and the parity gate against the independent reference pipeline. Run by `make test` after setup.
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 cd "$REPO"
@@ -24,6 +24,12 @@ fi
 
 say "SQL regression tests (pg_regress: pgrx-tests/sql vs pgrx-tests/expected)"
 "$REPO/scripts/regress.sh"
+
+say "memory budget across backends (shared_preload_libraries, 8 sessions, release on exit, reload)"
+"$PY" scripts/budget_test.py
+
+say "statement_timeout and pg_cancel_backend stop a long embed_images() batch within a second"
+"$PY" scripts/cancel_test.py
 
 say "parity with the reference pipeline (Pillow + onnxruntime), gate cosine >= 0.999"
 "$PY" scripts/parity.py

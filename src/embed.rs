@@ -122,14 +122,20 @@ fn pg_vision_models() -> TableIterator<
     TableIterator::new(rows)
 }
 
-/// This connection's loaded models.
+/// This connection's loaded models: ONNX file size and measured memory (`bytes`, the heap
+/// the load left allocated; see README, "Memory budget").
 #[pg_extern(volatile, parallel_safe)]
-fn pg_vision_loaded_models(
-) -> TableIterator<'static, (name!(name, String), name!(tower, String), name!(file_bytes, i64), name!(load_ms, f64), name!(hits, i64))> {
-    TableIterator::new(cache::loaded().into_iter().map(|l| (l.name, l.kind.to_owned(), l.file_bytes as i64, l.load_ms, l.hits as i64)))
+fn pg_vision_loaded_models() -> TableIterator<
+    'static,
+    (name!(name, String), name!(tower, String), name!(file_bytes, i64), name!(bytes, i64), name!(load_ms, f64), name!(hits, i64)),
+> {
+    TableIterator::new(
+        cache::loaded().into_iter().map(|l| (l.name, l.tower.as_str().to_owned(), l.file_bytes as i64, l.bytes as i64, l.load_ms, l.hits as i64)),
+    )
 }
 
-/// Frees a model's towers (or every model, with NULL) in this connection; returns how many.
+/// Frees a model's towers (or every model, with NULL) in this connection and releases
+/// their bytes from the memory budget; returns how many.
 #[pg_extern(volatile, parallel_unsafe)]
 fn pg_vision_unload(model: default!(Option<&str>, "NULL")) -> i32 {
     cache::unload(model) as i32

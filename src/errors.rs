@@ -17,6 +17,7 @@ pub fn sqlstate(kind: Kind) -> PgSqlErrorCode {
         Kind::Inference => ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,      // 38000
         Kind::NonFinite => ERRCODE_DATA_EXCEPTION,                  // 22000
         Kind::InvalidArgument => ERRCODE_INVALID_PARAMETER_VALUE,   // 22023
+        Kind::OutOfMemory => ERRCODE_OUT_OF_MEMORY,                 // 53200
     }
 }
 

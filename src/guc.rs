@@ -12,6 +12,11 @@ pub static MODEL_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>
 pub static INTRA_OP_THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static MAX_IMAGE_PIXELS: GucSetting<i32> = GucSetting::<i32>::new(50_000_000);
 pub static MAX_IMAGE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024 * 1024);
+/// In MB. 1 GB: about 50 EfficientNet-Lite0 copies (20 MB each, measured) or one CLIP ViT-B/32 with
+/// both towers (about 600 MB of float32 weights) fit in every backend that needs one, while
+/// a burst of connections can no longer multiply that by max_connections.
+pub static MEMORY_BUDGET: GucSetting<i32> = GucSetting::<i32>::new(1024);
+pub static PRELOAD_MODELS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 pub fn register() {
     GucRegistry::define_string_guc(
@@ -60,6 +65,25 @@ pub fn register() {
         GucContext::Userset,
         GucFlags::UNIT_BYTE,
     );
+    GucRegistry::define_int_guc(
+        c"pg_vision.memory_budget",
+        c"Memory that loaded models may hold, across all backends (per backend without shared_preload_libraries).",
+        c"A load that would exceed it first evicts the loading backend's least recently used models, then fails with SQLSTATE 53200.",
+        &MEMORY_BUDGET,
+        1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MB,
+    );
+    GucRegistry::define_string_guc(
+        c"pg_vision.preload_models",
+        c"Comma-separated models loaded when a session starts (every tower each declares).",
+        c"With shared_preload_libraries: loaded right after authentication. Without: when the library loads (session_preload_libraries).",
+        &PRELOAD_MODELS,
+        GucContext::Sighup,
+        // A list: SET accepts `a, b` unquoted, as for shared_preload_libraries.
+        GucFlags::from_bits_retain(pg_sys::GUC_LIST_INPUT as i32),
+    );
 }
 
 fn setting(guc: &GucSetting<Option<CString>>) -> String {
@@ -95,6 +119,15 @@ pub fn model_dir() -> PathBuf {
 
 pub fn intra_op_threads() -> usize {
     INTRA_OP_THREADS.get().max(0) as usize
+}
+
+pub fn memory_budget_bytes() -> u64 {
+    MEMORY_BUDGET.get().max(1) as u64 * 1024 * 1024
+}
+
+/// `pg_vision.preload_models`, split on commas.
+pub fn preload_models() -> Vec<String> {
+    setting(&PRELOAD_MODELS).split(',').map(|m| m.trim().trim_matches('"').to_owned()).filter(|m| !m.is_empty()).collect()
 }
 
 pub fn limits() -> pg_vision_core::decode::Limits {

@@ -5,18 +5,24 @@
 //! - `vector.rs`: pgvector `vector` datums
 //! - `errors.rs`: core errors to SQLSTATEs
 //! - `cache.rs`: the per-backend model cache
+//! - `budget.rs`: the memory budget's table (shared memory, or per backend)
+//! - `memory.rs`: pg_vision_memory and its summary
+//! - `warmup.rs`: pg_vision_warmup and pg_vision.preload_models
 //! - `embed.rs`: the embedding functions
 //! - `images.rs`: image_info, image_checksum, image_from_base64
 //! - `../sql/trigger.sql`, `../sql/backfill.sql`: the indexing trigger and the backfill procedure
 
 use pgrx::prelude::*;
 
+mod budget;
 mod cache;
 mod embed;
 mod errors;
 mod guc;
 mod images;
+mod memory;
 mod vector;
+mod warmup;
 
 pgrx::pg_module_magic!();
 
@@ -35,9 +41,14 @@ extension_sql_file!("../sql/backfill.sql", name = "backfill", requires = ["trigg
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    // Only settings here: ONNX Runtime and models are loaded lazily in backends, never in
-    // the postmaster (a runtime inherited across fork() is unsafe).
+    // ONNX Runtime and models are loaded in backends, never here in the postmaster (a
+    // runtime inherited across fork() is unsafe): only settings, the shared table, hooks.
     guc::register();
+    // SAFETY: a flag PostgreSQL sets while it loads shared_preload_libraries.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        budget::init_shared();
+    }
+    warmup::install();
 }
 
 #[cfg(test)]

@@ -25,6 +25,8 @@ pub enum Kind {
     NonFinite,
     /// A caller-supplied argument is invalid (unknown output name, bad base64, ...).
     InvalidArgument,
+    /// Loading the model would exceed the memory budget (`pg_vision.memory_budget`).
+    OutOfMemory,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,369 @@
+//! The memory budget: a table of what every backend holds, per model tower.
+//!
+//! With `shared_preload_libraries = 'pg_vision'` the table lives in shared memory under one
+//! LWLock, so `pg_vision.memory_budget` bounds the sum over all backends. Without it there
+//! is no shared memory to use: the same table lives in the backend and the same GUC bounds
+//! that backend alone (and the backend says so once, with a WARNING).
+//!
+//! A backend reserves a model's bytes here *before* loading it (estimate: the last size
+//! measured for that model file, else `ESTIMATE_FACTOR` x the ONNX file), then corrects the
+//! row to the measured size. Rows are released on eviction, unload, failed load, and when
+//! the backend exits: a `before_shmem_exit` callback covers normal exit, FATAL errors and
+//! `pg_terminate_backend`. A crashed backend makes the postmaster reinitialise shared
+//! memory, which empties the table. Nothing here raises a PostgreSQL error while holding
+//! the lock: the functions compute and return, callers report.
+
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use pgrx::prelude::*;
+use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
+
+/// Rows in the table: models loaded at once across the cluster (about 100 bytes each).
+const SLOTS: usize = 1024;
+/// Remembered measured sizes (model files), used as estimates for later loads.
+const MEMOS: usize = 128;
+const NAME_LEN: usize = 64;
+
+/// Until a model file has been measured once, it is assumed to cost this many times its
+/// ONNX file: measured here, ONNX Runtime holds 1.0-1.5x the file (weights, plus planned
+/// buffers and the optimised graph); 2x keeps the first reservation on the safe side.
+pub const ESTIMATE_FACTOR: u64 = 2;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Tower {
+    Image = 1,
+    Text = 2,
+}
+
+impl Tower {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tower::Image => "image",
+            Tower::Text => "text",
+        }
+    }
+
+    fn from_u8(v: u8) -> &'static str {
+        match v {
+            1 => "image",
+            2 => "text",
+            _ => "",
+        }
+    }
+}
+
+/// A model name, truncated to 63 bytes (at a character boundary) to fit a fixed-size row.
+#[derive(Copy, Clone)]
+struct Name {
+    len: u8,
+    bytes: [u8; NAME_LEN],
+}
+
+impl Name {
+    const EMPTY: Name = Name { len: 0, bytes: [0; NAME_LEN] };
+
+    fn new(s: &str) -> Name {
+        let mut end = s.len().min(NAME_LEN - 1);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut n = Name { len: end as u8, bytes: [0; NAME_LEN] };
+        n.bytes[..end].copy_from_slice(&s.as_bytes()[..end]);
+        n
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or("")
+    }
+}
+
+#[derive(Copy, Clone)]
+struct Slot {
+    /// 0: free.
+    pid: i32,
+    tower: u8,
+    name: Name,
+    bytes: u64,
+    /// TimestampTz.
+    last_used: i64,
+    hits: u64,
+}
+
+#[derive(Copy, Clone)]
+struct Memo {
+    tower: u8,
+    name: Name,
+    /// The ONNX file's size: a replaced file under the same name is measured again.
+    file_bytes: u64,
+    measured: u64,
+}
+
+#[derive(Copy, Clone)]
+pub struct Table {
+    slots: [Slot; SLOTS],
+    memos: [Memo; MEMOS],
+    next_memo: usize,
+    evictions: u64,
+}
+
+// SAFETY: plain old data (integers and byte arrays), no pointers.
+unsafe impl PGRXSharedMemory for Table {}
+
+impl Table {
+    const EMPTY: Table = Table {
+        slots: [Slot { pid: 0, tower: 0, name: Name::EMPTY, bytes: 0, last_used: 0, hits: 0 }; SLOTS],
+        memos: [Memo { tower: 0, name: Name::EMPTY, file_bytes: 0, measured: 0 }; MEMOS],
+        next_memo: 0,
+        evictions: 0,
+    };
+
+    fn used(&self) -> u64 {
+        self.slots.iter().filter(|s| s.pid != 0).map(|s| s.bytes).sum()
+    }
+
+    fn backends(&self) -> usize {
+        let mut pids: Vec<i32> = self.slots.iter().filter(|s| s.pid != 0).map(|s| s.pid).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids.len()
+    }
+
+    fn shortfall(&self, budget: u64, full: bool) -> Shortfall {
+        let pid = my_pid();
+        let mine = self.slots.iter().filter(|s| s.pid == pid).map(|s| s.bytes).sum();
+        Shortfall { budget, used: self.used(), mine, backends: self.backends(), full }
+    }
+}
+
+static SHARED: PgLwLock<Table> = unsafe { PgLwLock::new(c"pg_vision_memory") };
+/// Set in the postmaster by `init_shared` and inherited by every backend it forks.
+static SHARED_ON: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// The per-backend table when there is no shared memory.
+    static LOCAL: RefCell<Option<Box<Table>>> = const { RefCell::new(None) };
+    static EXIT_HOOK: Cell<bool> = const { Cell::new(false) };
+    static WARNED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Requests the shared table; only from `_PG_init` under `shared_preload_libraries`.
+pub fn init_shared() {
+    pg_shmem_init!(SHARED = Table::EMPTY);
+    SHARED_ON.store(true, Ordering::Relaxed);
+}
+
+/// Whether the budget is cluster-wide (shared memory) or per backend.
+pub fn is_shared() -> bool {
+    SHARED_ON.load(Ordering::Relaxed)
+}
+
+fn with_table<T>(f: impl FnOnce(&mut Table) -> T) -> T {
+    if is_shared() {
+        let mut t = SHARED.exclusive();
+        f(&mut t)
+    } else {
+        LOCAL.with(|l| f(l.borrow_mut().get_or_insert_with(|| Box::new(Table::EMPTY))))
+    }
+}
+
+fn my_pid() -> i32 {
+    // SAFETY: set once at process start.
+    unsafe { pg_sys::MyProcPid }
+}
+
+fn now() -> i64 {
+    // SAFETY: reads the clock.
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+/// Why a reservation does not fit.
+#[derive(Debug)]
+pub struct Shortfall {
+    pub budget: u64,
+    pub used: u64,
+    /// Of `used`, what this backend holds (what evicting its own models could free).
+    pub mine: u64,
+    pub backends: usize,
+    /// The table has no free row (SLOTS models loaded across the cluster).
+    pub full: bool,
+}
+
+/// Bytes to reserve before loading: the last measurement of this model file, else
+/// `ESTIMATE_FACTOR` x its size. The second value says which.
+pub fn estimate(name: &str, tower: Tower, file_bytes: u64) -> (u64, bool) {
+    let n = Name::new(name);
+    let measured = with_table(|t| {
+        t.memos.iter().find(|m| m.tower == tower as u8 && m.file_bytes == file_bytes && m.name.as_str() == n.as_str()).map(|m| m.measured)
+    });
+    match measured {
+        Some(b) => (b, true),
+        None => (file_bytes * ESTIMATE_FACTOR, false),
+    }
+}
+
+/// Records a measured size, for the next backend's estimate.
+pub fn remember(name: &str, tower: Tower, file_bytes: u64, measured: u64) {
+    let memo = Memo { tower: tower as u8, name: Name::new(name), file_bytes, measured };
+    with_table(|t| {
+        let i = match t.memos.iter().position(|m| m.tower == memo.tower && m.name.as_str() == memo.name.as_str()) {
+            Some(i) => i,
+            None => {
+                let i = t.next_memo % MEMOS;
+                t.next_memo = (i + 1) % MEMOS;
+                i
+            }
+        };
+        t.memos[i] = memo;
+    })
+}
+
+/// Reserves `bytes` for this backend's `name` tower if the total stays within `budget`;
+/// returns the row to pass to `resize`, `touch` and `release`.
+pub fn reserve(name: &str, tower: Tower, bytes: u64, budget: u64) -> Result<usize, Shortfall> {
+    if is_shared() {
+        register_exit_hook();
+    } else {
+        warn_once_not_shared();
+    }
+    let pid = my_pid();
+    with_table(|t| {
+        let Some(i) = t.slots.iter().position(|s| s.pid == 0) else {
+            return Err(t.shortfall(budget, true));
+        };
+        if t.used() + bytes > budget {
+            return Err(t.shortfall(budget, false));
+        }
+        t.slots[i] = Slot { pid, tower: tower as u8, name: Name::new(name), bytes, last_used: now(), hits: 0 };
+        Ok(i)
+    })
+}
+
+/// Sets a row to a measured size; growing it must still fit in `budget`.
+pub fn resize(slot: usize, bytes: u64, budget: u64) -> Result<(), Shortfall> {
+    let pid = my_pid();
+    with_table(|t| {
+        let s = t.slots[slot];
+        if s.pid != pid {
+            return Ok(());
+        }
+        if bytes > s.bytes && t.used() - s.bytes + bytes > budget {
+            return Err(t.shortfall(budget, false));
+        }
+        t.slots[slot].bytes = bytes;
+        Ok(())
+    })
+}
+
+/// Marks a use of the model in this row.
+pub fn touch(slot: usize) {
+    let (pid, ts) = (my_pid(), now());
+    with_table(|t| {
+        let s = &mut t.slots[slot];
+        if s.pid == pid {
+            s.last_used = ts;
+            s.hits += 1;
+        }
+    })
+}
+
+/// Frees this backend's row.
+pub fn release(slot: usize) {
+    let pid = my_pid();
+    with_table(|t| {
+        if t.slots[slot].pid == pid {
+            t.slots[slot].pid = 0;
+            t.slots[slot].bytes = 0;
+        }
+    })
+}
+
+pub fn count_eviction() {
+    with_table(|t| t.evictions += 1)
+}
+
+/// Frees every row of this process: it is exiting.
+fn release_all_mine() {
+    let pid = my_pid();
+    with_table(|t| {
+        for s in t.slots.iter_mut().filter(|s| s.pid == pid) {
+            s.pid = 0;
+            s.bytes = 0;
+        }
+    })
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_exit(_code: std::ffi::c_int, _arg: pg_sys::Datum) {
+    release_all_mine();
+}
+
+/// Once per backend, at its first reservation: rows are released however the backend
+/// ends. `before_shmem_exit` runs while the backend can still take LWLocks.
+fn register_exit_hook() {
+    if !EXIT_HOOK.replace(true) {
+        // SAFETY: registers a callback in this backend's exit list.
+        unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0)) };
+    }
+}
+
+fn warn_once_not_shared() {
+    if !WARNED.replace(true) {
+        pgrx::pg_sys::panic::ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_WARNING,
+            "pg_vision: the cluster-wide memory budget is off because pg_vision is not in shared_preload_libraries",
+            "pg_vision",
+        )
+        .set_hint(
+            "pg_vision.memory_budget limits each connection alone. To share one budget across all connections, \
+             add pg_vision to shared_preload_libraries in postgresql.conf and restart PostgreSQL.",
+        )
+        .report(PgLogLevel::WARNING);
+    }
+}
+
+pub struct Row {
+    pub pid: i32,
+    pub model: String,
+    pub tower: &'static str,
+    pub bytes: u64,
+    pub last_used: i64,
+    pub hits: u64,
+}
+
+/// Every row: the whole cluster's (shared) or this backend's.
+pub fn rows() -> Vec<Row> {
+    let mut rows = if is_shared() {
+        let t = SHARED.share();
+        collect(&t)
+    } else {
+        with_table(|t| collect(t))
+    };
+    rows.sort_by(|a, b| (a.pid, &a.model, a.tower).cmp(&(b.pid, &b.model, b.tower)));
+    rows
+}
+
+fn collect(t: &Table) -> Vec<Row> {
+    t.slots
+        .iter()
+        .filter(|s| s.pid != 0)
+        .map(|s| Row { pid: s.pid, model: s.name.as_str().to_owned(), tower: Tower::from_u8(s.tower), bytes: s.bytes, last_used: s.last_used, hits: s.hits })
+        .collect()
+}
+
+pub struct Summary {
+    pub used: u64,
+    pub backends: usize,
+    pub models: usize,
+    pub evictions: u64,
+}
+
+pub fn summary() -> Summary {
+    let f = |t: &Table| Summary { used: t.used(), backends: t.backends(), models: t.slots.iter().filter(|s| s.pid != 0).count(), evictions: t.evictions };
+    if is_shared() {
+        let t = SHARED.share();
+        f(&t)
+    } else {
+        with_table(|t| f(t))
+    }
+}

@@ -1,0 +1,95 @@
+//! Loading models before the first query needs them: `pg_vision_warmup(models)` now, and
+//! `pg_vision.preload_models` when a session starts.
+//!
+//! Session start, two cases:
+//! - With `shared_preload_libraries`, `_PG_init` runs once, in the postmaster, where ONNX
+//!   Runtime must never be touched; backends inherit the loaded library, so listing
+//!   pg_vision in `session_preload_libraries` as well does not run `_PG_init` again
+//!   (PostgreSQL skips a library it has already loaded). Instead `_PG_init` installs a
+//!   `ClientAuthentication_hook`: it runs in each new client backend, after
+//!   authentication succeeds and before the first query. Settings there come from
+//!   postgresql.conf (ALTER ROLE/DATABASE settings are applied later), which is why
+//!   preload_models is a SIGHUP setting. A model that cannot be loaded is logged, never
+//!   fatal to the connection.
+//! - Without it, list pg_vision in `session_preload_libraries`: `_PG_init` then runs in
+//!   each new backend, and loads the models itself.
+
+use std::ffi::c_int;
+
+use pgrx::prelude::*;
+
+use crate::cache;
+use crate::errors::OrRaise;
+use crate::guc;
+
+/// Loads every tower of the given models in this connection now; returns what is loaded,
+/// its measured memory and its load time (`loaded_now` false: it already was).
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn pg_vision_warmup(
+    models: Vec<String>,
+) -> TableIterator<'static, (name!(model, String), name!(tower, String), name!(bytes, i64), name!(load_ms, f64), name!(loaded_now, bool))> {
+    let mut rows = Vec::new();
+    for name in models {
+        for w in cache::warm(&name).or_raise() {
+            rows.push((name.clone(), w.tower.as_str().to_owned(), w.bytes as i64, w.load_ms, w.loaded_now));
+        }
+    }
+    TableIterator::new(rows)
+}
+
+/// Loads `pg_vision.preload_models`; failures become WARNINGs (logged only, during
+/// authentication), so a bad setting never refuses connections.
+pub fn preload_session() {
+    for name in guc::preload_models() {
+        match cache::warm(&name) {
+            Ok(towers) => {
+                for w in towers.iter().filter(|w| w.loaded_now) {
+                    pgrx::debug1!("pg_vision: preloaded model \"{name}\" ({} tower) in {:.0} ms", w.tower.as_str(), w.load_ms);
+                }
+            }
+            Err(e) => pgrx::warning!("pg_vision.preload_models: cannot load model \"{name}\": {e}"),
+        }
+    }
+}
+
+/// Whether this process is a regular client backend (not a parallel or background worker).
+fn is_client_backend() -> bool {
+    // SAFETY: process-global variables set at process start.
+    unsafe { pg_sys::MyBackendType == pg_sys::BackendType::B_BACKEND && pg_sys::ParallelWorkerNumber < 0 }
+}
+
+type ClientAuthenticationHook = Option<unsafe extern "C-unwind" fn(*mut pg_sys::Port, c_int)>;
+
+extern "C-unwind" {
+    // libpq/auth.h; not in pgrx's bindings.
+    static mut ClientAuthentication_hook: ClientAuthenticationHook;
+}
+
+static mut PREV_CLIENT_AUTHENTICATION_HOOK: ClientAuthenticationHook = None;
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_client_authentication(port: *mut pg_sys::Port, status: c_int) {
+    // SAFETY: the previous hook, called as PostgreSQL would have.
+    unsafe {
+        if let Some(prev) = PREV_CLIENT_AUTHENTICATION_HOOK {
+            prev(port, status);
+        }
+    }
+    if status == pg_sys::STATUS_OK as c_int && is_client_backend() {
+        preload_session();
+    }
+}
+
+/// Called from `_PG_init`: in the postmaster (shared_preload_libraries) hook session start;
+/// in a backend, preload now.
+pub fn install() {
+    // SAFETY: _PG_init runs single-threaded; hooks are chained as PostgreSQL expects.
+    unsafe {
+        if pg_sys::process_shared_preload_libraries_in_progress {
+            PREV_CLIENT_AUTHENTICATION_HOOK = ClientAuthentication_hook;
+            ClientAuthentication_hook = Some(on_client_authentication);
+        } else if pg_sys::IsUnderPostmaster && is_client_backend() {
+            preload_session();
+        }
+    }
+}
