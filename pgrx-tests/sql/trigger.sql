@@ -109,13 +109,6 @@ SELECT '\x' || encode(img, 'hex') AS upload FROM photo WHERE name = 'rocket.jpg'
 EXECUTE search(:'upload');
 -- the plan: the query vector is computed once (folded to a constant: the function is
 -- IMMUTABLE) and the HNSW index supplies the order
-CREATE FUNCTION pg_temp.plan(q text) RETURNS SETOF text LANGUAGE plpgsql AS $f$
-DECLARE l text;
-BEGIN
-  FOR l IN EXECUTE 'EXPLAIN (COSTS OFF) ' || q LOOP
-    RETURN NEXT regexp_replace(l, '''\[[^]]*\]''::vector', '<query vector>');
-  END LOOP;
-END $f$;
 SELECT pg_temp.plan(format('EXECUTE search(%L)', :'upload'));
 RESET enable_seqscan;
 DROP TABLE items, uploads, slim, copied, catalog, bad;
