@@ -80,6 +80,9 @@ def main():
         cur.execute("CREATE EXTENSION IF NOT EXISTS pg_vision CASCADE")
         cur.execute("DROP TABLE IF EXISTS bench_images")
         cur.execute("CREATE TABLE bench_images (id serial PRIMARY KEY, image bytea, checksum text, emb vector(1280))")
+        # Keep the 5 KB vectors in the heap rather than TOAST: the planner then costs a
+        # sequential scan at what it really reads, and picks the HNSW index.
+        cur.execute("ALTER TABLE bench_images ALTER COLUMN emb SET STORAGE PLAIN")
         cur.execute("""CREATE TRIGGER embed BEFORE INSERT OR UPDATE OF image ON bench_images FOR EACH ROW
                        EXECUTE FUNCTION pg_vision_embed_trigger('image', 'emb:efficientnet', 'checksum=checksum')""")
         cur.execute("SELECT embed_efficientnet(%s)", (uploads[0],))  # model loaded before timing
@@ -96,6 +99,9 @@ def main():
         cur.execute("ANALYZE bench_images")
         cur.execute("SELECT count(emb) FROM bench_images")
         (n,) = cur.fetchone()
+        # At a few thousand rows the planner finds an exact scan cheaper than HNSW (it is:
+        # ~1 ms); force the index so the figures are the index's, as at catalogue scale.
+        cur.execute("SET enable_seqscan = off")
         cur.execute("EXPLAIN (COSTS OFF) " + SEARCH, (uploads[0],))
         uses_index = any("hnsw" in r[0] or "emb_idx" in r[0] for r in cur.fetchall())
         upload_ms, vector_ms = [], []

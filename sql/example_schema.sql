@@ -22,6 +22,10 @@ CREATE TABLE IF NOT EXISTS product_images (
     created_at             timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS product_images_product_id ON product_images (product_id);
+-- Vectors stay in the heap (5 KB + 2 KB fit a page) instead of TOAST: the planner then
+-- sees what a sequential scan really reads and uses the HNSW indexes for searches.
+ALTER TABLE product_images ALTER COLUMN embedding_efficientnet SET STORAGE PLAIN,
+                           ALTER COLUMN embedding_fclip SET STORAGE PLAIN;
 
 -- Embeds every inserted or re-uploaded image. Fashion-CLIP is listed too: without its
 -- weights (make fclip) it cannot run, so on_error=null stores the row with a NULL
