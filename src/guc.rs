@@ -12,6 +12,7 @@ pub static MODEL_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>
 pub static INTRA_OP_THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static MAX_IMAGE_PIXELS: GucSetting<i32> = GucSetting::<i32>::new(50_000_000);
 pub static MAX_IMAGE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024 * 1024);
+pub static JPEG_DCT_SCALING: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// In MB. 1 GB: about 50 EfficientNet-Lite0 copies (20 MB each, measured) or one CLIP ViT-B/32 with
 /// both towers (about 600 MB of float32 weights) fit in every backend that needs one, while
 /// a burst of connections can no longer multiply that by max_connections.
@@ -52,6 +53,14 @@ pub fn register() {
         &MAX_IMAGE_PIXELS,
         1,
         i32::MAX,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"pg_vision.jpeg_dct_scaling",
+        c"Decode large JPEGs at a reduced DCT scale (1/2, 1/4, 1/8) when the model needs far fewer pixels.",
+        c"Only while the shorter side stays at least four times the model's resize size. Off: every JPEG is decoded at full size (slower; vectors differ from 'on' by a cosine distance of at most about 0.0002).",
+        &JPEG_DCT_SCALING,
         GucContext::Userset,
         GucFlags::default(),
     );
@@ -130,6 +139,10 @@ pub fn preload_models() -> Vec<String> {
     setting(&PRELOAD_MODELS).split(',').map(|m| m.trim().trim_matches('"').to_owned()).filter(|m| !m.is_empty()).collect()
 }
 
-pub fn limits() -> pg_vision_core::decode::Limits {
-    pg_vision_core::decode::Limits { max_pixels: MAX_IMAGE_PIXELS.get() as u64, max_bytes: MAX_IMAGE_BYTES.get() as u64 }
+pub fn decode_options() -> pg_vision_core::decode::Options {
+    pg_vision_core::decode::Options {
+        max_pixels: MAX_IMAGE_PIXELS.get() as u64,
+        max_bytes: MAX_IMAGE_BYTES.get() as u64,
+        jpeg_dct_scaling: JPEG_DCT_SCALING.get(),
+    }
 }

@@ -6,31 +6,49 @@ use std::io::Cursor;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 
 use crate::error::{Error, Kind, Result};
+use crate::jpeg;
 use crate::manifest::Alpha;
 
 /// The formats pg_vision decodes (the `image` crate features enabled in Cargo.toml).
 pub const SUPPORTED: &str = "JPEG, PNG, WebP, GIF (first frame), BMP, TIFF";
 
+/// What the decoder may do: its size limits (`pg_vision.max_image_pixels`,
+/// `pg_vision.max_image_bytes`) and whether big JPEGs may be decoded at a reduced DCT
+/// scale (`pg_vision.jpeg_dct_scaling`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub struct Options {
     /// Width x height above which an image is rejected before it is decoded.
     pub max_pixels: u64,
     /// Size of the encoded bytes above which an image is rejected.
     pub max_bytes: u64,
+    pub jpeg_dct_scaling: bool,
 }
 
-impl Default for Limits {
+impl Default for Options {
     fn default() -> Self {
-        Limits { max_pixels: 50_000_000, max_bytes: 64 << 20 }
+        Options { max_pixels: 50_000_000, max_bytes: 64 << 20, jpeg_dct_scaling: true }
     }
 }
 
 /// An upright, opaque 8-bit RGB image, rows packed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Rgb8 {
     pub width: u32,
     pub height: u32,
     pub data: Vec<u8>,
+    /// The upright image's size as stored. Differs from `width` x `height` when a JPEG was
+    /// decoded at a reduced DCT scale: then `width = ceil(full_width * scale)`.
+    pub full_width: u32,
+    pub full_height: u32,
+    /// Decoded pixels per stored pixel (1, or n/8 for a DCT-scaled JPEG).
+    pub scale: f64,
+}
+
+impl Rgb8 {
+    /// An image decoded at full size.
+    pub fn new(width: u32, height: u32, data: Vec<u8>) -> Self {
+        Rgb8 { width, height, data, full_width: width, full_height: height, scale: 1.0 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,7 +127,7 @@ fn decode_error(format: ImageFormat, e: image::ImageError) -> Error {
     }
 }
 
-fn open<'a>(bytes: &'a [u8], limits: &Limits) -> Result<(ImageFormat, impl ImageDecoder + 'a)> {
+fn open<'a>(bytes: &'a [u8], limits: &Options) -> Result<(ImageFormat, impl ImageDecoder + 'a)> {
     if bytes.len() as u64 > limits.max_bytes {
         return Err(Error::new(
             Kind::ImageTooLarge,
@@ -164,7 +182,7 @@ pub fn from_base64(text: &str) -> Result<Vec<u8>> {
 }
 
 /// Format, stored size and orientation, without decoding the pixels.
-pub fn info(bytes: &[u8], limits: &Limits) -> Result<ImageInfo> {
+pub fn info(bytes: &[u8], limits: &Options) -> Result<ImageInfo> {
     let (format, mut decoder) = open(bytes, limits)?;
     let (width, height) = decoder.dimensions();
     let orientation = decoder.orientation().map(orientation_code).unwrap_or(1);
@@ -187,10 +205,25 @@ fn orientation_code(o: image::metadata::Orientation) -> u8 {
 }
 
 /// Decodes, applies EXIF orientation and removes transparency as the manifest says.
-pub fn decode_rgb8(bytes: &[u8], alpha: Alpha, limits: &Limits) -> Result<Rgb8> {
-    let (format, mut decoder) = open(bytes, limits)?;
+/// A JPEG may come out smaller than stored, down to a shorter side of `min_short_side`
+/// pixels (`jpeg.rs`; only with `opts.jpeg_dct_scaling`, and 0 means full size).
+pub fn decode_rgb8(bytes: &[u8], alpha: Alpha, opts: &Options, min_short_side: u32) -> Result<Rgb8> {
+    let (format, mut decoder) = open(bytes, opts)?;
     // A missing or unreadable EXIF block means "upright", as every viewer treats it.
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    if format == ImageFormat::Jpeg {
+        let min = if opts.jpeg_dct_scaling { min_short_side } else { 0 };
+        if let Some(j) = jpeg::decode(bytes, min) {
+            let (stored_w, stored_h) = decoder.dimensions();
+            let rgb = image::RgbImage::from_raw(j.width, j.height, j.data).expect("libjpeg-turbo fills width x height x 3 bytes");
+            let mut img = DynamicImage::ImageRgb8(rgb);
+            img.apply_orientation(orientation);
+            let swaps = orientation_code(orientation) >= 5; // the 90-degree turns
+            let (full_width, full_height) = if swaps { (stored_h, stored_w) } else { (stored_w, stored_h) };
+            let (width, height) = (img.width(), img.height());
+            return Ok(Rgb8 { width, height, data: img.into_rgb8().into_raw(), full_width, full_height, scale: j.scale });
+        }
+    }
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| decode_error(format, e))?;
     img.apply_orientation(orientation);
     let (width, height) = (img.width(), img.height());
@@ -199,7 +232,7 @@ pub fn decode_rgb8(bytes: &[u8], alpha: Alpha, limits: &Limits) -> Result<Rgb8> 
     } else {
         img.into_rgb8().into_raw()
     };
-    Ok(Rgb8 { width, height, data })
+    Ok(Rgb8::new(width, height, data))
 }
 
 /// `out = c * a + 255 * (1 - a)`, rounded, for 8-bit RGBA.
@@ -230,14 +263,14 @@ mod tests {
         let mut rgb = RgbImage::new(4, 2);
         rgb.put_pixel(0, 0, image::Rgb([255, 0, 0]));
         let png = encode(DynamicImage::ImageRgb8(rgb.clone()), ImageFormat::Png);
-        let d = decode_rgb8(&png, Alpha::White, &Limits::default()).unwrap();
+        let d = decode_rgb8(&png, Alpha::White, &Options::default(), 0).unwrap();
         assert_eq!((d.width, d.height), (4, 2));
         assert_eq!(&d.data[..6], &[255, 0, 0, 0, 0, 0]);
         let jpg = encode(DynamicImage::ImageRgb8(RgbImage::from_pixel(16, 8, image::Rgb([200, 100, 50]))), ImageFormat::Jpeg);
-        let d = decode_rgb8(&jpg, Alpha::White, &Limits::default()).unwrap();
+        let d = decode_rgb8(&jpg, Alpha::White, &Options::default(), 0).unwrap();
         assert_eq!((d.width, d.height, d.data.len()), (16, 8, 16 * 8 * 3));
         assert!((d.data[0] as i32 - 200).abs() <= 3, "{}", d.data[0]);
-        let i = info(&jpg, &Limits::default()).unwrap();
+        let i = info(&jpg, &Options::default()).unwrap();
         assert_eq!((i.format, i.width, i.height, i.orientation, i.has_alpha), ("JPEG", 16, 8, 1, false));
     }
 
@@ -246,9 +279,9 @@ mod tests {
         // Transparent red-stored pixel and a half-transparent black one.
         let img = ImageBuffer::from_vec(2, 1, vec![255u8, 0, 0, 0, 0, 0, 0, 128]).unwrap();
         let png = encode(DynamicImage::ImageRgba8(img), ImageFormat::Png);
-        let white = decode_rgb8(&png, Alpha::White, &Limits::default()).unwrap();
+        let white = decode_rgb8(&png, Alpha::White, &Options::default(), 0).unwrap();
         assert_eq!(white.data, vec![255, 255, 255, 127, 127, 127]);
-        let drop = decode_rgb8(&png, Alpha::Drop, &Limits::default()).unwrap();
+        let drop = decode_rgb8(&png, Alpha::Drop, &Options::default(), 0).unwrap();
         assert_eq!(drop.data, vec![255, 0, 0, 0, 0, 0]);
         let _: ImageBuffer<Rgba<u8>, _> = ImageBuffer::new(1, 1);
     }
@@ -256,13 +289,13 @@ mod tests {
     #[test]
     fn limits_checked_before_decoding() {
         let png = encode(DynamicImage::ImageRgb8(RgbImage::new(300, 200)), ImageFormat::Png);
-        let small = Limits { max_pixels: 59_999, max_bytes: 1 << 20 };
-        let e = decode_rgb8(&png, Alpha::White, &small).unwrap_err();
+        let small = Options { max_pixels: 59_999, max_bytes: 1 << 20, ..Options::default() };
+        let e = decode_rgb8(&png, Alpha::White, &small, 0).unwrap_err();
         assert_eq!(e.kind, Kind::ImageTooLarge);
         assert!(e.message.contains("300x200 = 60000 pixels, over the limit of 59999"), "{}", e.message);
-        let e = decode_rgb8(&png, Alpha::White, &Limits { max_pixels: 1 << 30, max_bytes: 10 }).unwrap_err();
+        let e = decode_rgb8(&png, Alpha::White, &Options { max_pixels: 1 << 30, max_bytes: 10, ..Options::default() }, 0).unwrap_err();
         assert_eq!(e.kind, Kind::ImageTooLarge);
-        assert!(decode_rgb8(&png, Alpha::White, &Limits { max_pixels: 60_000, max_bytes: 1 << 20 }).is_ok());
+        assert!(decode_rgb8(&png, Alpha::White, &Options { max_pixels: 60_000, max_bytes: 1 << 20, ..Options::default() }, 0).is_ok());
     }
 
     #[test]
@@ -279,7 +312,7 @@ mod tests {
         assert_eq!(detect_format(qoi).unwrap_err().kind, Kind::UnsupportedFormat);
         // A PNG cut in half: header parses, pixel data does not.
         let png = encode(DynamicImage::ImageRgb8(RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8, y as u8, 7]))), ImageFormat::Png);
-        let e = decode_rgb8(&png[..png.len() / 2], Alpha::White, &Limits::default()).unwrap_err();
+        let e = decode_rgb8(&png[..png.len() / 2], Alpha::White, &Options::default(), 0).unwrap_err();
         assert_eq!(e.kind, Kind::InvalidImage, "{e}");
     }
 
@@ -299,9 +332,32 @@ mod tests {
         // A 2x1 JPEG with orientation 6 (rotate 90 clockwise) must come out 1x2.
         let jpg = encode(DynamicImage::ImageRgb8(RgbImage::new(32, 16)), ImageFormat::Jpeg);
         let tagged = with_exif_orientation(&jpg, 6);
-        assert_eq!(info(&tagged, &Limits::default()).unwrap().orientation, 6);
-        let d = decode_rgb8(&tagged, Alpha::White, &Limits::default()).unwrap();
+        assert_eq!(info(&tagged, &Options::default()).unwrap().orientation, 6);
+        let d = decode_rgb8(&tagged, Alpha::White, &Options::default(), 0).unwrap();
         assert_eq!((d.width, d.height), (16, 32));
+    }
+
+    #[test]
+    fn big_jpegs_decode_at_a_reduced_scale_only_when_allowed() {
+        let img = RgbImage::from_fn(2048, 1536, |x, y| image::Rgb([(x / 8) as u8, (y / 8) as u8, 128]));
+        let jpg = encode(DynamicImage::ImageRgb8(img), ImageFormat::Jpeg);
+        let d = decode_rgb8(&jpg, Alpha::White, &Options::default(), 512).unwrap();
+        // 1536 / 2 = 768 >= 512; / 4 = 384 is too small.
+        assert_eq!((d.width, d.height, d.full_width, d.full_height, d.scale), (1024, 768, 2048, 1536, 0.5));
+        assert_eq!(d.data.len(), 1024 * 768 * 3);
+        // Same picture: the scaled pixel (100, 50) covers full-size pixels (200..202, 100..102).
+        let px = &d.data[(50 * 1024 + 100) * 3..][..3];
+        assert!((px[0] as i32 - 25).abs() <= 2 && (px[1] as i32 - 12).abs() <= 2, "{px:?}");
+        let off = Options { jpeg_dct_scaling: false, ..Options::default() };
+        let d = decode_rgb8(&jpg, Alpha::White, &off, 512).unwrap();
+        assert_eq!((d.width, d.height, d.scale), (2048, 1536, 1.0));
+        // EXIF orientation 6 turns the reduced image and its full size alike.
+        let d = decode_rgb8(&with_exif_orientation(&jpg, 6), Alpha::White, &Options::default(), 512).unwrap();
+        assert_eq!((d.width, d.height, d.full_width, d.full_height), (768, 1024, 1536, 2048));
+        // CMYK goes through the general decoder, at full size.
+        let cmyk = include_bytes!("../fuzz/corpus/decode_preprocess/jpeg_cmyk.jpg");
+        let d = decode_rgb8(cmyk, Alpha::White, &Options::default(), 1).unwrap();
+        assert_eq!(d.scale, 1.0);
     }
 
     /// Inserts an APP1 EXIF segment with one Orientation entry right after SOI.

@@ -6,12 +6,15 @@
 pub mod decode;
 pub mod embed;
 pub mod error;
+pub mod jpeg;
 pub mod manifest;
 pub mod memory;
 pub mod model;
 pub mod preprocess;
 pub mod runtime;
 pub mod text;
+#[cfg(test)]
+mod testing;
 
 pub use error::{Error, Kind, Result};
 pub use image;

@@ -485,9 +485,7 @@ mod tests {
         assert_eq!(over_ids, all);
     }
 
-    fn models_dir() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
-    }
+    use crate::testing::{models_dir, ort_child};
 
     fn section(json: &str) -> TextManifest {
         serde_json::from_str(json).unwrap()
@@ -530,36 +528,14 @@ mod tests {
         assert!(v["description"].as_str().unwrap().contains("RANDOM WEIGHTS"));
     }
 
-    /// Set in the child process that runs the fixture test (see below).
-    const CHILD: &str = "PG_VISION_TEXT_FIXTURE_CHILD";
-
     /// Runs the fixture text tower (scripts/build_clip_fixture.py, random weights) when it
     /// and the ONNX Runtime library exist; prints "skipped" otherwise.
     #[test]
     fn fixture_text_contract_if_available() {
         let dir = models_dir();
-        let onnx = dir.join("clip-fixture-text.onnx");
-        // scripts/test.sh sets it to the library setup installed.
-        let library = PathBuf::from(std::env::var("PG_VISION_ORT_LIB").unwrap_or_default());
-        if !onnx.is_file() || !library.is_file() {
-            println!("skipped: needs {} (make models) and {} (PG_VISION_ORT_LIB)", onnx.display(), library.display());
+        let Some(library) = ort_child("text::tests::fixture_text_contract_if_available", &[&dir.join("clip-fixture-text.onnx")]) else {
             return;
-        }
-        // A process has one ONNX Runtime environment, for good: loading it here would break
-        // runtime::tests::missing_library_is_a_clear_error, which needs a process without
-        // one. So the real test runs in a child process of this test binary.
-        if std::env::var_os(CHILD).is_none() {
-            let out = std::process::Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", "text::tests::fixture_text_contract_if_available", "--nocapture", "--test-threads=1"])
-                .env(CHILD, "1")
-                .output()
-                .unwrap();
-            let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-            assert!(out.status.success() && log.contains("fixture text contract ok"), "child test failed:\n{log}");
-            println!("{}", log.lines().find(|l| l.contains("fixture text contract ok")).unwrap_or_default());
-            return;
-        }
-
+        };
         let json = std::fs::read_to_string(dir.join("clip_fixture.json")).unwrap();
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         let text: TextManifest = serde_json::from_value(v["text"].clone()).unwrap();

@@ -36,6 +36,17 @@ SELECT name, m, (pg_temp.top_classes(m, img, 3) && ARRAY[281,282,283,284,285]) A
  WHERE name IN ('chelsea', 'coffee') ORDER BY name, m;
 SELECT array_length(embed_image_output('efficientnet', img, 'logits'), 1) FROM photo WHERE name = 'coffee';
 
+-- a channels-last (NHWC), BGR, mean-subtracted model with real weights: OpenNSFW; its
+-- 'nsfw' output is [safe, unsafe] probabilities, and these photos are safe
+SELECT name, vector_dims(embed_image('opennsfw', img)) AS dim,
+       round((SELECT sum(p) FROM unnest(embed_image_output('opennsfw', img, 'nsfw')) p)::numeric, 4) AS total,
+       (embed_image_output('opennsfw', img, 'nsfw'))[2] < 0.2 AS safe
+  FROM photo ORDER BY name;
+
+-- a model's dimension from its manifest (the trigger checks its columns with it)
+SELECT pg_vision_model_dim('efficientnet') AS effnet, pg_vision_model_dim('opennsfw') AS nsfw,
+       pg_vision_model_dim('no_such_model') IS NULL AS unknown_is_null;
+
 -- EfficientNet's embedding is the raw pooled features (not normalised); ReLU6 output is in [0, 6]
 SELECT name, round(vector_norm(embed_efficientnet(img))::numeric) > 1 AS not_unit,
        (SELECT min(x) >= 0 AND max(x) <= 6 FROM unnest(embed_efficientnet(img)::real[]) x) AS in_relu6_range

@@ -11,6 +11,17 @@ SELECT name, (image_info(img)).* FROM f ORDER BY name;
 SELECT round((1 - (embed_efficientnet(a.img) <=> embed_efficientnet(b.img)))::numeric, 3) >= 0.998 AS same_picture
   FROM f a, f b WHERE a.name = 'upright.jpg' AND b.name = 'rotated_exif6.jpg';
 
+-- a phone-sized JPEG is decoded at a reduced DCT scale (1/2 here: 2304 / 2 >= 4 x 256), unless
+-- pg_vision.jpeg_dct_scaling is off; both give the same picture, not the same bytes
+CREATE TEMP TABLE big AS SELECT pg_read_binary_file(:'testdata' || '/big_3072x2304.jpg') AS img;
+SHOW pg_vision.jpeg_dct_scaling;
+SET pg_vision.jpeg_dct_scaling = off;
+CREATE TEMP TABLE big_full AS SELECT embed_efficientnet(img) AS v FROM big;
+RESET pg_vision.jpeg_dct_scaling;
+SELECT embed_efficientnet(img) = (SELECT v FROM big_full) AS identical,
+       round((1 - (embed_efficientnet(img) <=> (SELECT v FROM big_full)))::numeric, 3) >= 0.999 AS same_picture
+  FROM big;
+
 -- transparency: "white" (efficientnet's rule) composites onto white, "drop" keeps the stored
 -- (black) colour of hidden pixels; the two pictures differ
 CREATE TEMP TABLE cutout_default AS SELECT embed_efficientnet(img) AS v FROM f WHERE name = 'cutout.png';

@@ -10,13 +10,13 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use pg_vision_core::decode::{self, Limits};
+use pg_vision_core::decode::{self, Options};
 use pg_vision_core::manifest::{Alpha, ColorOrder, Crop, Interpolation, Layout, Manifest, ResizeMode};
 use pg_vision_core::preprocess;
 
 /// Small enough to keep one run well under a second: 4 Mpx decodes to at most 12 MB of
 /// RGB (the decoders' own buffers are capped at 8 bytes a pixel + 64 MiB by `decode`).
-const LIMITS: Limits = Limits { max_pixels: 4_000_000, max_bytes: 1 << 20 };
+const LIMITS: Options = Options { max_pixels: 4_000_000, max_bytes: 1 << 20, jpeg_dct_scaling: true };
 
 fn manifests() -> &'static [Manifest; 2] {
     static M: OnceLock<[Manifest; 2]> = OnceLock::new();
