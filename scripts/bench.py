@@ -32,6 +32,20 @@ WARMUP_CALLS = 10
 PROFILE_COLUMNS = ("decode_ms", "preprocess_ms", "inference_ms", "total_ms")
 
 
+def cpu_times():
+    """(steal, total) jiffies of all CPUs from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return fields[7], sum(fields[:8])
+
+
+def steal_percent(start, end):
+    """Share of CPU time the hypervisor gave to other guests between two cpu_times(): on a
+    virtual machine it slows every figure here, so it is printed beside them."""
+    total = end[1] - start[1]
+    return round(100.0 * (end[0] - start[0]) / total, 1) if total else 0.0
+
+
 def backend_rss_kib(conn):
     """VmRSS of this connection's backend, in KiB."""
     (pid,) = conn.execute("SELECT pg_backend_pid()").fetchone()
@@ -127,6 +141,7 @@ def main():
         f"phone 3072x2304 JPEG ({len(phone) // 1024} KB), DCT scaling off": (phone, False),
     }
     load_before = round(os.getloadavg()[0], 2)
+    cpu_before = cpu_times()
     with photos.connect() as conn:
         threads = configure(conn, args.threads)
         rss_before = backend_rss_kib(conn)
@@ -150,6 +165,7 @@ def main():
         "cpu": platform.processor() or platform.machine(), "server_version": server_version,
         # Other work on the machine skews every figure: the 1-minute load shows it.
         "loadavg_before": load_before, "loadavg_after": round(os.getloadavg()[0], 2),
+        "cpu_steal_percent": steal_percent(cpu_before, cpu_times()),
     }
     memory = {"rss_before_kib": rss_before, "rss_after_kib": rss_after, "first_call_ms": first_call_ms}
     print("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))

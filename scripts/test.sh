@@ -25,6 +25,9 @@ fi
 say "SQL regression tests (pg_regress: pgrx-tests/sql vs pgrx-tests/expected)"
 "$REPO/scripts/regress.sh"
 
+say "extension upgrade: ALTER EXTENSION pg_vision UPDATE from every released version equals a new install"
+"$REPO/scripts/upgrade_test.sh"
+
 say "memory budget across backends (shared_preload_libraries, 8 sessions, release on exit, reload)"
 "$PY" scripts/budget_test.py
 
