@@ -14,7 +14,6 @@ import threading
 import time
 
 import psycopg
-from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from photos import connect, photo  # noqa: E402

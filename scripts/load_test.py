@@ -20,8 +20,8 @@ import time
 import psycopg
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from budget_test import set_budget, server, summary  # noqa: E402
-from photos import connect, shipped, state_dir  # noqa: E402
+from budget_test import set_budget, summary  # noqa: E402
+from photos import connect, server, shipped, state_dir  # noqa: E402
 
 MODELS = ["efficientnet", "efficientnet_lite2", "clip_fixture"]
 MB = 1024 * 1024

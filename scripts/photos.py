@@ -10,7 +10,8 @@ EXIF-rotated photo, a grey one) that pg_vision decodes at a reduced DCT scale.
 Pillow's encoders are deterministic, so the same Pillow version gives the same bytes.
 
 Usage: photos.py --out DIR      writes the corpus (and jpeg_1000.jpg) for manual checks
-As a module: corpus() -> [(name, bytes)], jpeg_1000() -> bytes, connect() -> psycopg connection
+As a module: corpus() -> [(name, bytes)], jpeg_1000() -> bytes, connect() -> psycopg connection,
+server(preload) starts the cluster as a test needs it
 """
 
 import argparse
@@ -242,6 +243,29 @@ def connect(**kwargs):
         port = f.read().strip()
     return psycopg.connect(host=os.path.join(state, "run"), port=port, user="postgres",
                            dbname=os.environ.get("PGDATABASE", "pg_vision"), autocommit=True, **kwargs)
+
+
+def server(preload=True):
+    """Makes sure the project's cluster runs with (or without) pg_vision in
+    shared_preload_libraries, restarting it if needed, and that the pg_vision database
+    has the extension."""
+    import psycopg
+
+    try:
+        with connect() as c:
+            on = "pg_vision" in c.execute("SHOW shared_preload_libraries").fetchone()[0]
+    except psycopg.OperationalError:
+        on = None
+    if on != preload:
+        env = dict(os.environ)
+        if preload:
+            env.pop("PG_VISION_SERVER_OPTS", None)
+        else:
+            env["PG_VISION_SERVER_OPTS"] = ""
+        subprocess.run([os.path.join(REPO, "scripts", "pg.sh"), "restart"], check=True, env=env, stdout=subprocess.DEVNULL)
+    with connect() as c:
+        c.execute("SET client_min_messages = warning")
+        c.execute("CREATE EXTENSION IF NOT EXISTS pg_vision CASCADE")
 
 
 def main():

@@ -15,8 +15,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from budget_test import server  # noqa: E402
-from photos import connect, shipped  # noqa: E402
+from photos import connect, server, shipped  # noqa: E402
 
 
 def set_preload(models):
@@ -53,9 +52,6 @@ def main():
     args = ap.parse_args()
     image = shipped("chelsea.png")
     server(preload=True)
-    with connect() as c:
-        c.execute("SET client_min_messages = warning")
-        c.execute("CREATE EXTENSION IF NOT EXISTS pg_vision CASCADE")
     try:
         results = {}
         for label, setting in (("without preload", ""), (f"preload_models = '{args.model}'", args.model)):

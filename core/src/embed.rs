@@ -114,6 +114,9 @@ pub fn embed_images(
         }
         Ok(())
     })?;
+    // A batch's activations and decoded images are far bigger than a single call's; give
+    // the freed pages back rather than leave them resident in the backend.
+    crate::memory::release_free_pages();
     Ok(vectors)
 }
 
