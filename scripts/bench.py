@@ -106,15 +106,27 @@ def bench_image(conn, model, image, iterations, dct_scaling=True):
     return result
 
 
+def backend_cpu_s(pid):
+    """User + system CPU seconds of a backend, all its threads (/proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_batch(conn, model, image, count, batch_size, rounds=3):
-    """Throughput of embed_images(): `count` copies of `image` per call, images per second."""
-    ips = []
+    """Throughput of embed_images(): `count` copies of `image` per call, images per second,
+    and the backend's CPU time per image (all threads), which says what the same work
+    would reach on idle cores: images/s <= cores * 1000 / cpu_ms_per_image."""
+    (pid,) = conn.execute("SELECT pg_backend_pid()").fetchone()
+    ips, cpu_ms = [], []
     for _ in range(rounds):
-        t0 = time.perf_counter()
+        cpu0, t0 = backend_cpu_s(pid), time.perf_counter()
         conn.execute("SELECT embed_images(%s, %s, %s)", (model, [image] * count, batch_size))
         ips.append(count / (time.perf_counter() - t0))
+        cpu_ms.append((backend_cpu_s(pid) - cpu0) * 1e3 / count)
     return {"images_per_call": count, "batch_size": batch_size, "rounds": rounds,
-            "images_per_s_best": round(max(ips), 1), "images_per_s_median": round(statistics.median(ips), 1)}
+            "images_per_s_best": round(max(ips), 1), "images_per_s_median": round(statistics.median(ips), 1),
+            "cpu_ms_per_image": round(statistics.median(cpu_ms), 1)}
 
 
 def print_table(title, figures):
@@ -157,7 +169,8 @@ def main():
         results = {name: bench_image(conn, args.model, image, args.iterations, dct)
                    for name, (image, dct) in images.items()}
         conn.execute("RESET pg_vision.jpeg_dct_scaling")
-        batch = bench_batch(conn, args.model, photos.jpeg_1000(), args.batch, 16) if args.batch else None
+        # The default batch size (4) beside a bigger one, in the same run.
+        batch = [bench_batch(conn, args.model, photos.jpeg_1000(), args.batch, size) for size in (4, 16)] if args.batch else []
 
     settings = {
         "model": args.model, "iterations": args.iterations, "warmup_calls": WARMUP_CALLS,
@@ -174,9 +187,11 @@ def main():
           f"first call (load + embed) {first_call_ms:.0f} ms")
     for name, figures in results.items():
         print_table(f"{name}, {args.iterations} iterations", figures)
-    if batch:
-        print(f"\nbatch: embed_images() of {batch['images_per_call']} x jpeg_1000, batch_size {batch['batch_size']}: "
-              f"{batch['images_per_s_median']} images/s median, {batch['images_per_s_best']} best of {batch['rounds']} calls")
+    for b in batch:
+        print(f"\nbatch: embed_images() of {b['images_per_call']} x jpeg_1000, batch_size {b['batch_size']}: "
+              f"{b['images_per_s_median']} images/s median, {b['images_per_s_best']} best of {b['rounds']} calls; "
+              f"{b['cpu_ms_per_image']} ms of backend CPU per image (at most "
+              f"{os.cpu_count() * 1000 / b['cpu_ms_per_image']:.0f} images/s on {os.cpu_count()} idle cores)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"settings": settings, "memory": memory, "results": results, "batch": batch}, f, indent=2)

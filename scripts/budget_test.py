@@ -228,7 +228,8 @@ def main():
 
     # 5. A big batch does not stay resident: the budget counts the model, and the
     # activations and decoded images of an embed_images() batch must go back to the
-    # system when the call ends (no ONNX Runtime arena; malloc_trim afterwards).
+    # system when the call ends (the ONNX Runtime arena shrinks after the last run, then
+    # malloc_trim).
     with connect() as c:
         pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
         c.execute(use_sql("efficientnet", "image"), (image,))

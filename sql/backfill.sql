@@ -82,7 +82,7 @@ BEGIN
     batches := batches + 1;
     FOR i IN 1 .. array_length(cfg.targets, 1) LOOP
       BEGIN
-        vecs := embed_images(cfg.models[i], images, batch_size);
+        vecs := embed_images(cfg.models[i], images);   -- its own inference batch size
       EXCEPTION WHEN OTHERS THEN
         -- One bad image fails the whole batch: redo this batch one image at a time, so
         -- the good ones are stored and the bad ones recorded and skipped.

@@ -39,15 +39,23 @@ fn embed_text(model: &str, input: &str) -> Vector {
 /// run through the model in batches of `batch_size`, with query cancel checked between
 /// batches. NULL elements give NULL vectors; any other bad image fails the whole call
 /// with its position in the array.
+///
+/// Default batch 4: on CPU a bigger batch does not make the model faster per image, it
+/// only multiplies the activations in memory (measured by scripts/bench.py: 64 images of
+/// 1000x1000, batches of 4 ran at 36-40 images/s, of 16 at 30-32, of 32 at 32-33).
 #[pg_extern(immutable, parallel_safe)]
-fn embed_images(model: Option<&str>, images: Option<Array<&[u8]>>, batch_size: default!(i32, 16)) -> Option<Vec<Option<Vector>>> {
+fn embed_images(model: Option<&str>, images: Option<Array<&[u8]>>, batch_size: default!(i32, 4)) -> Option<Vec<Option<Vector>>> {
     let (model, images) = (model?, images?);
     if batch_size < 1 {
         crate::errors::raise(pg_vision_core::Error::new(pg_vision_core::Kind::InvalidArgument, format!("batch_size must be at least 1, got {batch_size}")));
     }
     let present: Vec<&[u8]> = images.iter().flatten().collect();
     let opts = guc::decode_options();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Decode on the cores the model's own threads leave free (at least one): more
+    // threads than cores made both slower (README, "Measured").
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let model_threads = match guc::intra_op_threads() { 0 => cores, n => n };
+    let threads = cores.saturating_sub(model_threads).max(1);
     let mut vectors = cache::with_model(model, |m| {
         embed::embed_images(m, &present, &opts, batch_size as usize, threads, || {
             pgrx::check_for_interrupts!();

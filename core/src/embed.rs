@@ -27,7 +27,7 @@ pub fn embed_image(model: &mut Model, bytes: &[u8], opts: &Options, output: Opti
     preprocess::preprocess(&img, &model.manifest, &mut input)?;
     t.preprocess = start.elapsed();
     let start = Instant::now();
-    let mut out = model.run(&input, 1, output)?;
+    let mut out = model.run(&input, 1, output, false)?;
     t.inference = start.elapsed();
     Ok((out.pop().expect("run returns one vector per image"), t))
 }
@@ -107,15 +107,16 @@ pub fn embed_images(
                 }
             })
         });
-        for _ in 0..batches {
+        for b in 0..batches {
             between_batches()?;
             let input = ready.recv().map_err(|_| crate::Error::new(crate::Kind::InvalidImage, "image decoding stopped unexpectedly"))??;
-            vectors.extend(model.run(&input, input.len() / len, None)?);
+            // The last run gives the batch-sized activations back (Model::run).
+            vectors.extend(model.run(&input, input.len() / len, None, b + 1 == batches)?);
         }
         Ok(())
     })?;
-    // A batch's activations and decoded images are far bigger than a single call's; give
-    // the freed pages back rather than leave them resident in the backend.
+    // The batch's decoded images and the arena's released activations are far bigger
+    // than a single call's; give the freed pages back rather than leave them resident.
     crate::memory::release_free_pages();
     Ok(vectors)
 }

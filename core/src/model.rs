@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::Session;
+use ort::session::{RunOptions, Session};
 use ort::value::TensorRef;
 
 use crate::error::{Error, Kind, Result};
@@ -36,12 +36,8 @@ fn ort_err(kind: Kind, context: &str) -> impl Fn(ort::Error) -> Error + '_ {
 
 /// A session for one ONNX file, with pg_vision's options: full graph optimisation (below
 /// that ONNX Runtime loses its blocked-layout convolutions, 2.5x slower), the configured
-/// intra-op threads, one inter-op thread, no spinning, and no CPU memory arena. The arena
-/// keeps the largest activations any run needed for the session's lifetime: one
-/// `embed_images` batch of 64 left a backend holding 680 MB that the memory budget never
-/// saw. Without it, activations are malloc'd per run and big ones go back to the system
-/// when the run ends. Session creation starts the intra-op pool, so it runs with signals
-/// blocked: its threads inherit a blocked mask.
+/// intra-op threads, one inter-op thread, no spinning. Session creation starts the
+/// intra-op pool, so it runs with signals blocked: its threads inherit a blocked mask.
 pub(crate) fn build_session(onnx: &Path, opts: &SessionOptions, context: &str) -> Result<Session> {
     let env = runtime::environment(&opts.library)?;
     runtime::with_signals_blocked(|| -> Result<Session> {
@@ -57,8 +53,6 @@ pub(crate) fn build_session(onnx: &Path, opts: &SessionOptions, context: &str) -
             .with_intra_op_spinning(false)
             .map_err(err)?
             .with_inter_op_spinning(false)
-            .map_err(err)?
-            .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])
             .map_err(err)?
             .commit_from_file(onnx)
             .map_err(ort_err(Kind::BadModel, context))
@@ -106,7 +100,13 @@ impl Model {
     /// Runs the model on `batch` preprocessed images packed in `input` and returns one
     /// vector per image from `output` (`None`: the embedding). Checks the output size,
     /// rejects NaN and infinity, and L2-normalises the embedding when the manifest says so.
-    pub fn run(&mut self, input: &[f32], batch: usize, output: Option<&str>) -> Result<Vec<Vec<f32>>> {
+    ///
+    /// ONNX Runtime keeps activations in an arena that grows to the largest run and stays
+    /// that size: after one batch of 64, a backend held 680 MB the memory budget never saw.
+    /// `shrink` releases the arena's unused memory when this run ends; batch callers set it
+    /// on their last run. (Without the arena, every batch run mapped and faulted its
+    /// activations afresh: 20% slower.)
+    pub fn run(&mut self, input: &[f32], batch: usize, output: Option<&str>, shrink: bool) -> Result<Vec<Vec<f32>>> {
         let m = &self.manifest;
         let (out_name, dim) = m.output(output)?;
         let (out_name, name) = (out_name.to_owned(), m.name.clone());
@@ -119,7 +119,14 @@ impl Model {
         let input_name = m.input_name.clone();
         let tensor = TensorRef::from_array_view((shape, input)).map_err(ort_err(Kind::Inference, "cannot build the input tensor"))?;
         let context = format!("model \"{name}\" failed to run");
-        let outputs = self.session.run(ort::inputs![input_name.as_str() => tensor]).map_err(ort_err(Kind::Inference, &context))?;
+        let mut options = RunOptions::new().map_err(ort_err(Kind::Inference, &context))?;
+        if shrink {
+            options.set("memory.enable_memory_arena_shrinkage", "cpu:0").map_err(ort_err(Kind::Inference, &context))?;
+        }
+        let outputs = self
+            .session
+            .run_with_options(ort::inputs![input_name.as_str() => tensor], &options)
+            .map_err(ort_err(Kind::Inference, &context))?;
         let (shape, values) = outputs[out_name.as_str()]
             .try_extract_tensor::<f32>()
             .map_err(|e| Error::new(Kind::BadModel, format!("model \"{name}\": output \"{out_name}\" is not a float32 tensor: {e}")))?;

@@ -1,5 +1,6 @@
 //! Untrusted image bytes through the whole path an uploaded image takes before the model:
-//! `decode::info`, `decode::decode_rgb8` (both alpha rules) and `preprocess::preprocess`
+//! `decode::info`, `decode::decode_rgb8` (both alpha rules, full size and JPEG DCT-reduced)
+//! and `preprocess::preprocess`
 //! (the shipped EfficientNet manifest and a small NHWC / BGR / exact-resize variant).
 //!
 //! Errors are expected and fine. A panic, an abort, a sanitizer report, running out of
@@ -46,15 +47,20 @@ fn manifests() -> &'static [Manifest; 2] {
 fuzz_target!(|data: &[u8]| {
     let ms = manifests();
     let info = decode::info(data, &LIMITS);
-    for alpha in [Alpha::White, Alpha::Drop] {
-        let img = match decode::decode_rgb8(data, alpha, &LIMITS) {
+    // Full size under both alpha rules, then a JPEG-reducing decode (a 32 px short side
+    // allows 1/8 on anything from 256 px): every path `decode_rgb8` has.
+    for (alpha, min_short_side) in [(Alpha::White, 0), (Alpha::Drop, 0), (Alpha::White, 32)] {
+        let img = match decode::decode_rgb8(data, alpha, &LIMITS, min_short_side) {
             Ok(img) => img,
             Err(_) => continue,
         };
         // What `info` promised must hold for what `decode_rgb8` delivered.
         let info = info.as_ref().expect("decode_rgb8 succeeded where info failed");
         let (w, h) = if info.orientation >= 5 { (info.height, info.width) } else { (info.width, info.height) };
-        assert_eq!((img.width, img.height), (w, h), "decoded size disagrees with info {info:?}");
+        assert_eq!((img.full_width, img.full_height), (w, h), "decoded full size disagrees with info {info:?}");
+        let scaled = |full: u32| (full as f64 * img.scale).ceil() as u32;
+        assert_eq!((img.width, img.height), (scaled(w), scaled(h)), "decoded size is not the full size at scale {}", img.scale);
+        assert!(img.scale == 1.0 || (min_short_side > 0 && img.width.min(img.height) >= min_short_side), "reduced below the minimum");
         assert_eq!(img.data.len(), img.width as usize * img.height as usize * 3, "RGB buffer size");
         assert!(img.width as u64 * img.height as u64 <= LIMITS.max_pixels);
         for m in ms {
