@@ -34,7 +34,7 @@ ORDER BY 1"
 OUT="$STATE/upgrade"
 PHOTO="$("$PY" -c 'import skimage, os; print(os.path.join(os.path.dirname(skimage.__file__), "data", "chelsea.png"))')"
 rm -rf "$OUT" && mkdir -p "$OUT"
-PGDATABASE=pg_vision_upgrade_new pgv_psql -q -d postgres -c "DROP DATABASE IF EXISTS pg_vision_upgrade_new" -c "CREATE DATABASE pg_vision_upgrade_new"
+pgv_psql -q -d postgres -c "DROP DATABASE IF EXISTS pg_vision_upgrade_new" -c "CREATE DATABASE pg_vision_upgrade_new"
 PGDATABASE=pg_vision_upgrade_new pgv_psql -q -c "CREATE EXTENSION pg_vision CASCADE"
 PGDATABASE=pg_vision_upgrade_new pgv_psql -qAt -c "$MEMBERS" > "$OUT/new.txt"
 
@@ -68,7 +68,7 @@ SQL
     echo "FAIL: $old updated to $current differs from a new $current install (- new, + updated):"
     head -60 "$OUT/from-$old.diff"; status=1
   fi
-  PGDATABASE="$db" pgv_psql -q -d postgres -c "DROP DATABASE $db"
+  pgv_psql -q -d postgres -c "DROP DATABASE $db"
 done
 pgv_psql -q -d postgres -c "DROP DATABASE pg_vision_upgrade_new"
 [ $status = 0 ] || die "upgrade test failed ($OUT)"

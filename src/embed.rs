@@ -41,8 +41,8 @@ fn embed_text(model: &str, input: &str) -> Vector {
 /// with its position in the array.
 ///
 /// Default batch 4: on CPU a bigger batch does not make the model faster per image, it
-/// only multiplies the activations in memory (measured by scripts/bench.py: 64 images of
-/// 1000x1000, batches of 4 ran at 36-40 images/s, of 16 at 30-32, of 32 at 32-33).
+/// only multiplies the activations in memory (`make bench`, 64 images of 1000x1000 in one
+/// run: 55 images/s with batches of 4, 47.6 with batches of 16).
 #[pg_extern(immutable, parallel_safe)]
 fn embed_images(model: Option<&str>, images: Option<Array<&[u8]>>, batch_size: default!(i32, 4)) -> Option<Vec<Option<Vector>>> {
     let (model, images) = (model?, images?);
@@ -51,8 +51,8 @@ fn embed_images(model: Option<&str>, images: Option<Array<&[u8]>>, batch_size: d
     }
     let present: Vec<&[u8]> = images.iter().flatten().collect();
     let opts = guc::decode_options();
-    // Decode on the cores the model's own threads leave free (at least one): more
-    // threads than cores made both slower (README, "Measured").
+    // Decode on the cores the model's own threads leave free (at least one), so the
+    // decoding threads do not preempt the model's.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let model_threads = match guc::intra_op_threads() { 0 => cores, n => n };
     let threads = cores.saturating_sub(model_threads).max(1);
