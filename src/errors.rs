@@ -18,6 +18,8 @@ pub fn sqlstate(kind: Kind) -> PgSqlErrorCode {
         Kind::NonFinite => ERRCODE_DATA_EXCEPTION,                  // 22000
         Kind::InvalidArgument => ERRCODE_INVALID_PARAMETER_VALUE,   // 22023
         Kind::OutOfMemory => ERRCODE_OUT_OF_MEMORY,                 // 53200
+        Kind::LimitExceeded => ERRCODE_PROGRAM_LIMIT_EXCEEDED,      // 54000
+        Kind::Interrupted => ERRCODE_QUERY_CANCELED,                // 57014
     }
 }
 

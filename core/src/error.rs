@@ -27,6 +27,12 @@ pub enum Kind {
     InvalidArgument,
     /// Loading the model would exceed the memory budget (`pg_vision.memory_budget`).
     OutOfMemory,
+    /// An argument is over a fixed limit (batch size, text length): rejected before any
+    /// work or allocation sized by it.
+    LimitExceeded,
+    /// The work was stopped because the host asked (query cancel, timeout, shutdown):
+    /// the host raises its own error once the worker threads have stopped.
+    Interrupted,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
