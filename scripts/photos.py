@@ -234,14 +234,15 @@ def state_dir():
     return out.stdout.strip()
 
 
-def connect(**kwargs):
-    """A psycopg connection to the project's cluster (unix socket in $STATE/run), autocommit."""
+def connect(user="postgres", **kwargs):
+    """A psycopg connection to the project's cluster (unix socket in $STATE/run), autocommit,
+    as `user` (the superuser by default)."""
     import psycopg  # imported here so `photos.py --out` works without psycopg
 
     state = state_dir()
     with open(os.path.join(state, "port")) as f:
         port = f.read().strip()
-    return psycopg.connect(host=os.path.join(state, "run"), port=port, user="postgres",
+    return psycopg.connect(host=os.path.join(state, "run"), port=port, user=user,
                            dbname=os.environ.get("PGDATABASE", "pg_vision"), autocommit=True, **kwargs)
 
 

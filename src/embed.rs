@@ -16,13 +16,13 @@ use pg_vision_core::manifest::Manifest;
 use crate::cache;
 use crate::errors::OrRaise;
 use crate::guc;
-use crate::vector::Vector;
+use crate::interrupt;
+use crate::vector::{self, Vector};
 
 /// Embeds an image with the named model.
 #[pg_extern(immutable, strict, parallel_safe)]
 fn embed_image(model: &str, image: &[u8]) -> Vector {
-    let opts = guc::decode_options();
-    let (v, _) = cache::with_model(model, |m| embed::embed_image(m, image, &opts, None)).or_raise();
+    let (v, _) = cache::with_model(model, |m| interrupt::run(|opts| embed::embed_image(m, image, opts, None))).or_raise();
     Vector::checked(v).or_raise()
 }
 
@@ -35,32 +35,24 @@ fn embed_text(model: &str, input: &str) -> Vector {
     Vector::checked(v.pop().expect("one vector per text")).or_raise()
 }
 
-/// Embeds many images in one call, for backfills: decoded in parallel on every core,
-/// run through the model in batches of `batch_size`, with query cancel checked between
-/// batches. NULL elements give NULL vectors; any other bad image fails the whole call
-/// with its position in the array.
+/// Embeds many images in one call, for backfills: decoded in parallel on the cores the
+/// model's threads leave free, run through the model in batches of `batch_size` (1 to
+/// `MAX_BATCH`, 64), with query cancel honoured within milliseconds. NULL elements give
+/// NULL vectors; any other bad image fails the whole call with its position in the array.
+/// A NULL argument gives NULL. The result must fit in one PostgreSQL value (1 GB).
 ///
 /// Default batch 4: on CPU a bigger batch does not make the model faster per image, it
-/// only multiplies the activations in memory (`make bench`, 64 images of 1000x1000 in one
-/// run: 55 images/s with batches of 4, 47.6 with batches of 16).
+/// only multiplies the activations in memory (README, "Performance").
 #[pg_extern(immutable, parallel_safe)]
-fn embed_images(model: Option<&str>, images: Option<Array<&[u8]>>, batch_size: default!(i32, 4)) -> Option<Vec<Option<Vector>>> {
-    let (model, images) = (model?, images?);
-    if batch_size < 1 {
-        crate::errors::raise(pg_vision_core::Error::new(pg_vision_core::Kind::InvalidArgument, format!("batch_size must be at least 1, got {batch_size}")));
-    }
+fn embed_images(model: Option<&str>, images: Option<Array<&[u8]>>, batch_size: default!(Option<i32>, 4)) -> Option<Vec<Option<Vector>>> {
+    let (model, images, batch_size) = (model?, images?, batch_size?);
+    let batch = usize::try_from(batch_size).unwrap_or(0);
+    embed::check_batch(batch).or_raise();
     let present: Vec<&[u8]> = images.iter().flatten().collect();
-    let opts = guc::decode_options();
-    // Decode on the cores the model's own threads leave free (at least one), so the
-    // decoding threads do not preempt the model's.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let model_threads = match guc::intra_op_threads() { 0 => cores, n => n };
-    let threads = cores.saturating_sub(model_threads).max(1);
+    let threads = embed::decode_threads(guc::intra_op_threads());
     let mut vectors = cache::with_model(model, |m| {
-        embed::embed_images(m, &present, &opts, batch_size as usize, threads, || {
-            pgrx::check_for_interrupts!();
-            Ok(())
-        })
+        vector::check_array_fits(images.len(), m.manifest.dim)?;
+        interrupt::run(|opts| embed::embed_images(m, &present, opts, batch, threads))
     })
     .or_raise()
     .into_iter();
@@ -71,10 +63,9 @@ fn embed_images(model: Option<&str>, images: Option<Array<&[u8]>>, batch_size: d
 /// ImageNet `logits`).
 #[pg_extern(immutable, strict, parallel_safe)]
 fn embed_image_output(model: &str, image: &[u8], output: &str) -> Vec<f32> {
-    let opts = guc::decode_options();
     cache::with_model(model, |m| {
         m.manifest.output(Some(output))?;
-        embed::embed_image(m, image, &opts, Some(output))
+        interrupt::run(|opts| embed::embed_image(m, image, opts, Some(output)))
     })
     .or_raise()
     .0
@@ -86,8 +77,7 @@ fn pg_vision_profile(
     model: &str,
     image: &[u8],
 ) -> TableIterator<'static, (name!(decode_ms, f64), name!(preprocess_ms, f64), name!(inference_ms, f64), name!(total_ms, f64))> {
-    let opts = guc::decode_options();
-    let (_, t) = cache::with_model(model, |m| embed::embed_image(m, image, &opts, None)).or_raise();
+    let (_, t) = cache::with_model(model, |m| interrupt::run(|opts| embed::embed_image(m, image, opts, None))).or_raise();
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let row = (ms(t.decode), ms(t.preprocess), ms(t.inference), ms(t.decode + t.preprocess + t.inference));
     TableIterator::once(row)

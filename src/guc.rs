@@ -12,6 +12,9 @@ pub static MODEL_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>
 pub static INTRA_OP_THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static MAX_IMAGE_PIXELS: GucSetting<i32> = GucSetting::<i32>::new(50_000_000);
 pub static MAX_IMAGE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024 * 1024);
+pub static MAX_IMAGE_PIXELS_CEILING: GucSetting<i32> = GucSetting::<i32>::new(50_000_000);
+pub static MAX_IMAGE_BYTES_CEILING: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024 * 1024);
+pub static ACCEPT_DAMAGED_IMAGES: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static JPEG_DCT_SCALING: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// In MB. 1 GB: about 50 EfficientNet-Lite0 copies (20 MB each, measured) or one CLIP ViT-B/32 with
 /// both towers (about 600 MB of float32 weights) fit in every backend that needs one, while
@@ -39,7 +42,7 @@ pub fn register() {
     GucRegistry::define_int_guc(
         c"pg_vision.intra_op_threads",
         c"ONNX Runtime intra-op threads per model session in each backend (0: one per core).",
-        c"Every connection has its own sessions: keep this small when many connections embed at once. Applies to models loaded after the change.",
+        c"Never more than the machine's cores, whatever the setting. Every connection has its own sessions: keep this small when many connections embed at once. Applies to models loaded after the change.",
         &INTRA_OP_THREADS,
         0,
         64,
@@ -49,7 +52,7 @@ pub fn register() {
     GucRegistry::define_int_guc(
         c"pg_vision.max_image_pixels",
         c"Largest image (width x height) that is decoded; larger ones are rejected before decoding.",
-        c"Protects the backend from decompression bombs.",
+        c"Any role may lower it; the effective limit never exceeds pg_vision.max_image_pixels_ceiling.",
         &MAX_IMAGE_PIXELS,
         1,
         i32::MAX,
@@ -67,12 +70,40 @@ pub fn register() {
     GucRegistry::define_int_guc(
         c"pg_vision.max_image_bytes",
         c"Largest encoded image accepted, in bytes.",
-        c"",
+        c"Any role may lower it; the effective limit never exceeds pg_vision.max_image_bytes_ceiling.",
         &MAX_IMAGE_BYTES,
         1,
         i32::MAX,
         GucContext::Userset,
         GucFlags::UNIT_BYTE,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_vision.max_image_pixels_ceiling",
+        c"Upper bound of pg_vision.max_image_pixels, set by a superuser.",
+        c"Bounds the memory one decode may take: up to about 11 bytes a pixel (RGBA 16-bit decode plus its 8-bit copy).",
+        &MAX_IMAGE_PIXELS_CEILING,
+        1,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_vision.max_image_bytes_ceiling",
+        c"Upper bound of pg_vision.max_image_bytes, set by a superuser.",
+        c"",
+        &MAX_IMAGE_BYTES_CEILING,
+        1,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_BYTE,
+    );
+    GucRegistry::define_bool_guc(
+        c"pg_vision.accept_damaged_images",
+        c"Embed truncated or corrupt images as far as they decode, instead of refusing them (SQLSTATE 22P03).",
+        c"For legacy catalogues only: the missing part of such an image comes out grey, and its vector describes that.",
+        &ACCEPT_DAMAGED_IMAGES,
+        GucContext::Suset,
+        GucFlags::default(),
     );
     GucRegistry::define_int_guc(
         c"pg_vision.memory_budget",
@@ -93,6 +124,9 @@ pub fn register() {
         // A list: SET accepts `a, b` unquoted, as for shared_preload_libraries.
         GucFlags::from_bits_retain(pg_sys::GUC_LIST_INPUT as i32),
     );
+    // A misspelt pg_vision.* setting is an error instead of a silently unused placeholder.
+    // SAFETY: called once from _PG_init, after every pg_vision setting is defined.
+    unsafe { pg_sys::MarkGUCPrefixReserved(c"pg_vision".as_ptr()) };
 }
 
 fn setting(guc: &GucSetting<Option<CString>>) -> String {
@@ -126,8 +160,19 @@ pub fn model_dir() -> PathBuf {
     expand(&setting(&MODEL_DIR))
 }
 
+/// The cores this backend may use.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `pg_vision.intra_op_threads`, with 0 meaning one per core, never more than the cores:
+/// any role may set it, and threads beyond the cores only add contention (and, across
+/// many sessions, exhaust the process limit).
 pub fn intra_op_threads() -> usize {
-    INTRA_OP_THREADS.get().max(0) as usize
+    match INTRA_OP_THREADS.get().max(0) as usize {
+        0 => cores(),
+        n => n.min(cores()),
+    }
 }
 
 pub fn memory_budget_bytes() -> u64 {
@@ -139,10 +184,14 @@ pub fn preload_models() -> Vec<String> {
     setting(&PRELOAD_MODELS).split(',').map(|m| m.trim().trim_matches('"').to_owned()).filter(|m| !m.is_empty()).collect()
 }
 
+/// The decoder's options: each limit is the smaller of the session's setting and the
+/// superuser's ceiling; stop requests are PostgreSQL's pending interrupts.
 pub fn decode_options() -> pg_vision_core::decode::Options {
     pg_vision_core::decode::Options {
-        max_pixels: MAX_IMAGE_PIXELS.get() as u64,
-        max_bytes: MAX_IMAGE_BYTES.get() as u64,
+        max_pixels: MAX_IMAGE_PIXELS.get().min(MAX_IMAGE_PIXELS_CEILING.get()).max(1) as u64,
+        max_bytes: MAX_IMAGE_BYTES.get().min(MAX_IMAGE_BYTES_CEILING.get()).max(1) as u64,
         jpeg_dct_scaling: JPEG_DCT_SCALING.get(),
+        accept_damaged: ACCEPT_DAMAGED_IMAGES.get(),
+        stop: crate::interrupt::pending,
     }
 }

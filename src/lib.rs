@@ -2,6 +2,7 @@
 //!
 //! This crate is the thin SQL layer; the work happens in `pg_vision_core` (`core/`).
 //! - `guc.rs`: every setting
+//! - `interrupt.rs`: query cancel and termination, with worker threads running
 //! - `vector.rs`: pgvector `vector` datums
 //! - `errors.rs`: core errors to SQLSTATEs
 //! - `cache.rs`: the per-backend model cache
@@ -20,6 +21,7 @@ mod embed;
 mod errors;
 mod guc;
 mod images;
+mod interrupt;
 mod memory;
 mod vector;
 mod warmup;

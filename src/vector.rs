@@ -3,7 +3,10 @@
 
 use pgrx::callconv::{BoxRet, FcInfo};
 use pgrx::datum::Datum;
+use std::cell::Cell;
+
 use pgrx::pg_sys;
+use pgrx::pg_guard;
 use pgrx::pgrx_sql_entity_graph::metadata::{ArgumentError, ReturnsError, ReturnsRef, SqlMappingRef, SqlTranslatable, TypeOrigin};
 
 
@@ -45,17 +48,80 @@ impl pgrx::IntoDatum for Vector {
         Some(self.to_datum())
     }
 
-    /// pgvector's type, found through its extension so the search_path does not matter.
-    /// Only needed to build `vector[]` arrays.
+    /// pgvector's type (`type_oid`). Only needed to build `vector[]` arrays.
     fn type_oid() -> pg_sys::Oid {
-        pgrx::Spi::get_one::<pg_sys::Oid>(
-            "SELECT t.oid FROM pg_type t JOIN pg_extension e ON t.typnamespace = e.extnamespace \
-              WHERE e.extname = 'vector' AND t.typname = 'vector'",
-        )
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| crate::errors::raise(Error::new(Kind::BadModel, "pgvector's type \"vector\" was not found").with_hint("CREATE EXTENSION vector")))
+        vector_type_oid().unwrap_or_else(|| crate::errors::raise(Error::new(Kind::BadModel, "pgvector's type \"vector\" was not found").with_hint("CREATE EXTENSION vector")))
     }
+}
+
+thread_local! {
+    /// pgvector's type OID once found; forgotten whenever pg_type changes (a syscache
+    /// invalidation callback), so a dropped and re-created pgvector is found again.
+    static VECTOR_OID: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
+    static CALLBACK: Cell<bool> = const { Cell::new(false) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn forget_vector_oid(_arg: pg_sys::Datum, _cache: std::ffi::c_int, _hash: u32) {
+    VECTOR_OID.with(|o| o.set(pg_sys::InvalidOid));
+}
+
+/// pgvector's `vector` type: the type named "vector" in the schema of the extension named
+/// "vector", read from the catalog caches. Neither the caller's search_path nor a
+/// temporary table named pg_type or pg_extension can change the answer.
+pub fn vector_type_oid() -> Option<pg_sys::Oid> {
+    let cached = VECTOR_OID.with(Cell::get);
+    if cached != pg_sys::InvalidOid {
+        return Some(cached);
+    }
+    if !CALLBACK.with(Cell::get) {
+        // SAFETY: registers a plain function for TYPEOID invalidations, once per backend.
+        unsafe { pg_sys::CacheRegisterSyscacheCallback(pg_sys::SysCacheIdentifier::TYPEOID as _, Some(forget_vector_oid), pg_sys::Datum::from(0)) };
+        CALLBACK.with(|c| c.set(true));
+    }
+    let oid = lookup_vector_type();
+    if oid != pg_sys::InvalidOid {
+        VECTOR_OID.with(|o| o.set(oid));
+        return Some(oid);
+    }
+    None
+}
+
+fn lookup_vector_type() -> pg_sys::Oid {
+    // SAFETY: catalog lookups by name; the names are NUL-terminated constants.
+    unsafe {
+        let ext = pg_sys::get_extension_oid(c"vector".as_ptr(), true);
+        if ext == pg_sys::InvalidOid {
+            return pg_sys::InvalidOid;
+        }
+        let schema = pg_sys::get_extension_schema(ext);
+        let mut name: pg_sys::NameData = std::mem::zeroed();
+        pg_sys::namestrcpy(&mut name, c"vector".as_ptr());
+        pg_sys::GetSysCacheOid(
+            pg_sys::SysCacheIdentifier::TYPENAMENSP as _,
+            pg_sys::Anum_pg_type_oid as _,
+            pg_sys::Datum::from(&mut name as *mut pg_sys::NameData),
+            pg_sys::Datum::from(schema),
+            pg_sys::Datum::from(0),
+            pg_sys::Datum::from(0),
+        )
+    }
+}
+
+/// PostgreSQL's largest value (MaxAllocSize, 1 GB - 1).
+const MAX_VALUE_BYTES: u64 = 0x3fff_ffff;
+
+/// Checks, before any work, that `n` vectors of `dim` values fit in one `vector[]` value.
+pub fn check_array_fits(n: usize, dim: usize) -> pg_vision_core::Result<()> {
+    let bytes = (n as u64).saturating_mul(8 + 4 * dim as u64).saturating_add(24 + (n as u64).div_ceil(8));
+    if bytes > MAX_VALUE_BYTES {
+        return Err(Error::new(
+            Kind::LimitExceeded,
+            format!("{n} vectors of {dim} dimensions take {bytes} bytes, over PostgreSQL's limit of {MAX_VALUE_BYTES} bytes for one value"),
+        )
+        .with_hint("embed the images in several calls (pg_vision_backfill does this for a table)"));
+    }
+    Ok(())
 }
 
 unsafe impl SqlTranslatable for Vector {

@@ -3,19 +3,23 @@
 //!
 //! Session start, two cases:
 //! - With `shared_preload_libraries`, `_PG_init` runs once, in the postmaster, where ONNX
-//!   Runtime must never be touched; backends inherit the loaded library, so listing
-//!   pg_vision in `session_preload_libraries` as well does not run `_PG_init` again
-//!   (PostgreSQL skips a library it has already loaded). Instead `_PG_init` installs a
-//!   `ClientAuthentication_hook`: it runs in each new client backend, after
-//!   authentication succeeds and before the first query. Settings there come from
-//!   postgresql.conf (ALTER ROLE/DATABASE settings are applied later), which is why
-//!   preload_models is a SIGHUP setting. A model that cannot be loaded is logged, never
-//!   fatal to the connection.
+//!   Runtime must never be touched. It installs a `ClientAuthentication_hook`, which only
+//!   marks a new client backend as "to preload", and a `post_parse_analyze_hook`, which
+//!   loads the models when that backend parses its first statement. Loading there, not
+//!   during authentication, keeps it after the connection-limit checks and lets the
+//!   WARNING about a model that cannot be loaded reach the client. Settings there come
+//!   from postgresql.conf (ALTER ROLE/DATABASE settings are applied later), which is why
+//!   preload_models is a SIGHUP setting.
 //! - Without it, list pg_vision in `session_preload_libraries`: `_PG_init` then runs in
-//!   each new backend, and loads the models itself.
+//!   each new backend, after authentication, and loads the models itself.
+//!
+//! Either way a model that cannot be loaded (missing file, corrupt ONNX, over the budget,
+//! even a panic) is a WARNING that names it: never an error, never a refused connection.
 
+use std::cell::Cell;
 use std::ffi::c_int;
 
+use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 
 use crate::cache;
@@ -37,11 +41,18 @@ fn pg_vision_warmup(
     TableIterator::new(rows)
 }
 
-/// Loads `pg_vision.preload_models`; failures become WARNINGs (logged only, during
-/// authentication), so a bad setting never refuses connections.
+/// Loads `pg_vision.preload_models`; any failure, error or panic, becomes a WARNING.
 pub fn preload_session() {
     for name in guc::preload_models() {
-        match cache::warm(&name) {
+        let outcome = PgTryBuilder::new(|| cache::warm(&name).map_err(|e| e.to_string()))
+            .catch_others(|caught| {
+                Err(match caught {
+                    CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.message().to_owned(),
+                    CaughtError::RustPanic { ereport, .. } => ereport.message().to_owned(),
+                })
+            })
+            .execute();
+        match outcome {
             Ok(towers) => {
                 for w in towers.iter().filter(|w| w.loaded_now) {
                     pgrx::debug1!("pg_vision: preloaded model \"{name}\" ({} tower) in {:.0} ms", w.tower.as_str(), w.load_ms);
@@ -66,6 +77,12 @@ extern "C-unwind" {
 }
 
 static mut PREV_CLIENT_AUTHENTICATION_HOOK: ClientAuthenticationHook = None;
+static mut PREV_POST_PARSE_ANALYZE_HOOK: pg_sys::post_parse_analyze_hook_type = None;
+
+thread_local! {
+    /// Set at authentication, cleared by the first statement, which preloads.
+    static PRELOAD_PENDING: Cell<bool> = const { Cell::new(false) };
+}
 
 #[pg_guard]
 unsafe extern "C-unwind" fn on_client_authentication(port: *mut pg_sys::Port, status: c_int) {
@@ -76,6 +93,19 @@ unsafe extern "C-unwind" fn on_client_authentication(port: *mut pg_sys::Port, st
         }
     }
     if status == pg_sys::STATUS_OK as c_int && is_client_backend() {
+        PRELOAD_PENDING.with(|p| p.set(true));
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_post_parse_analyze(pstate: *mut pg_sys::ParseState, query: *mut pg_sys::Query, jstate: *mut pg_sys::JumbleState) {
+    // SAFETY: the previous hook, called as PostgreSQL would have.
+    unsafe {
+        if let Some(prev) = PREV_POST_PARSE_ANALYZE_HOOK {
+            prev(pstate, query, jstate);
+        }
+    }
+    if PRELOAD_PENDING.with(|p| p.replace(false)) {
         preload_session();
     }
 }
@@ -88,6 +118,8 @@ pub fn install() {
         if pg_sys::process_shared_preload_libraries_in_progress {
             PREV_CLIENT_AUTHENTICATION_HOOK = ClientAuthentication_hook;
             ClientAuthentication_hook = Some(on_client_authentication);
+            PREV_POST_PARSE_ANALYZE_HOOK = pg_sys::post_parse_analyze_hook;
+            pg_sys::post_parse_analyze_hook = Some(on_post_parse_analyze);
         } else if pg_sys::IsUnderPostmaster && is_client_backend() {
             preload_session();
         }

@@ -13,21 +13,50 @@ use crate::manifest::Alpha;
 pub const SUPPORTED: &str = "JPEG, PNG, WebP, GIF (first frame), BMP, TIFF";
 
 /// What the decoder may do: its size limits (`pg_vision.max_image_pixels`,
-/// `pg_vision.max_image_bytes`) and whether big JPEGs may be decoded at a reduced DCT
-/// scale (`pg_vision.jpeg_dct_scaling`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `pg_vision.max_image_bytes`), whether big JPEGs may be decoded at a reduced DCT
+/// scale (`pg_vision.jpeg_dct_scaling`), whether damaged files are accepted, and how to
+/// learn that the host wants the work stopped.
+#[derive(Debug, Clone, Copy)]
 pub struct Options {
     /// Width x height above which an image is rejected before it is decoded.
     pub max_pixels: u64,
     /// Size of the encoded bytes above which an image is rejected.
     pub max_bytes: u64,
     pub jpeg_dct_scaling: bool,
+    /// Decode truncated or corrupt files as far as the decoder can (the missing part comes
+    /// out grey), instead of refusing them. Off by default, as in Pillow.
+    pub accept_damaged: bool,
+    /// Polled while decoding (between input chunks, between phases): when it returns
+    /// true the work stops with `Kind::Interrupted`. Must be cheap and callable from any
+    /// thread.
+    pub stop: fn() -> bool,
+}
+
+/// A `stop` that never stops.
+pub fn never() -> bool {
+    false
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { max_pixels: 50_000_000, max_bytes: 64 << 20, jpeg_dct_scaling: true }
+        Options { max_pixels: 50_000_000, max_bytes: 64 << 20, jpeg_dct_scaling: true, accept_damaged: false, stop: never }
     }
+}
+
+impl Options {
+    /// `Err(Interrupted)` if the host asked to stop.
+    pub fn check_stop(&self) -> Result<()> {
+        if (self.stop)() {
+            Err(interrupted())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The error for work stopped by `Options::stop`.
+pub fn interrupted() -> Error {
+    Error::new(Kind::Interrupted, "stopped on request")
 }
 
 /// An upright, opaque 8-bit RGB image, rows packed.
@@ -119,24 +148,70 @@ fn unsupported(name: &str) -> Error {
 fn decode_error(format: ImageFormat, e: image::ImageError) -> Error {
     match e {
         image::ImageError::Limits(l) => Error::new(Kind::ImageTooLarge, format!("{} image exceeds the decoder's memory limit: {l}", format_name(format)))
-            .with_hint("raise pg_vision.max_image_pixels if this image is legitimate"),
+            .with_hint("lower the image's resolution before sending it"),
         image::ImageError::Unsupported(u) => Error::new(Kind::UnsupportedFormat, format!("{} variant not supported: {u}", format_name(format)))
             .with_hint(format!("re-encode it as a plain {SUPPORTED} image")),
-        other => Error::new(Kind::InvalidImage, format!("cannot decode {} image: {other}", format_name(format)))
-            .with_hint("the file is truncated or corrupt; re-upload the original"),
+        image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::Interrupted => interrupted(),
+        image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Error::new(Kind::InvalidImage, format!("{} image is truncated: its data ends before the picture does", format_name(format))).with_hint(DAMAGED_HINT)
+        }
+        other => Error::new(Kind::InvalidImage, format!("cannot decode {} image (truncated or corrupt): {other}", format_name(format))).with_hint(DAMAGED_HINT),
+    }
+}
+
+const DAMAGED_HINT: &str = "re-upload the original file; an upload cut off in transit is the usual cause";
+
+/// The encoded bytes as the decoders read them: in chunks of at most `CHUNK` bytes, with
+/// `stop` polled before each, so a long decode (a big PNG, a TIFF) can be interrupted.
+/// Stopping surfaces as an I/O error of kind `Interrupted`, which `decode_error` maps back.
+struct StopReader<'a> {
+    inner: Cursor<&'a [u8]>,
+    stop: fn() -> bool,
+}
+
+/// About 1 ms of PNG inflate per chunk: a fine enough grain to stop within milliseconds.
+const CHUNK: usize = 64 << 10;
+
+impl std::io::Read for StopReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let available = std::io::BufRead::fill_buf(self)?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        std::io::BufRead::consume(self, n);
+        Ok(n)
+    }
+}
+
+impl std::io::BufRead for StopReader<'_> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        if (self.stop)() {
+            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "stopped on request"));
+        }
+        let rest = self.inner.fill_buf()?;
+        Ok(&rest[..rest.len().min(CHUNK)])
+    }
+    fn consume(&mut self, n: usize) {
+        self.inner.consume(n)
+    }
+}
+
+impl std::io::Seek for StopReader<'_> {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.inner.seek(pos)
     }
 }
 
 fn open<'a>(bytes: &'a [u8], limits: &Options) -> Result<(ImageFormat, impl ImageDecoder + 'a)> {
+    limits.check_stop()?;
     if bytes.len() as u64 > limits.max_bytes {
         return Err(Error::new(
             Kind::ImageTooLarge,
             format!("image is {} bytes, over the limit of {} bytes", bytes.len(), limits.max_bytes),
         )
-        .with_hint("raise pg_vision.max_image_bytes, or downscale the image before sending it"));
+        .with_hint("downscale or recompress the image before sending it"));
     }
     let format = detect_format(bytes)?;
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut reader = ImageReader::with_format(StopReader { inner: Cursor::new(bytes), stop: limits.stop }, format);
     let mut decoder_limits = image::Limits::default();
     // RGBA, 16 bits a channel, is the largest buffer a decoder makes for a pixel.
     decoder_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8).saturating_add(64 << 20));
@@ -149,7 +224,7 @@ fn open<'a>(bytes: &'a [u8], limits: &Options) -> Result<(ImageFormat, impl Imag
             Kind::ImageTooLarge,
             format!("image is {w}x{h} = {pixels} pixels, over the limit of {} pixels", limits.max_pixels),
         )
-        .with_hint("raise pg_vision.max_image_pixels, or downscale the image before sending it"));
+        .with_hint("downscale the image before sending it"));
     }
     if pixels == 0 {
         return Err(Error::new(Kind::InvalidImage, format!("{} image has no pixels ({w}x{h})", format_name(format))));
@@ -207,32 +282,64 @@ fn orientation_code(o: image::metadata::Orientation) -> u8 {
 /// Decodes, applies EXIF orientation and removes transparency as the manifest says.
 /// A JPEG may come out smaller than stored, down to a shorter side of `min_short_side`
 /// pixels (`jpeg.rs`; only with `opts.jpeg_dct_scaling`, and 0 means full size).
+///
+/// Peak memory: the decoder's own buffer (up to 8 bytes a pixel, RGBA 16-bit), plus the
+/// 8-bit RGB(A) copy made from it; the orientation is applied after the reduction to
+/// 8-bit RGB, so a 90-degree turn copies 3 bytes a pixel, not 8.
 pub fn decode_rgb8(bytes: &[u8], alpha: Alpha, opts: &Options, min_short_side: u32) -> Result<Rgb8> {
     let (format, mut decoder) = open(bytes, opts)?;
     // A missing or unreadable EXIF block means "upright", as every viewer treats it.
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let (stored_w, stored_h) = decoder.dimensions();
+    let swaps = orientation_code(orientation) >= 5; // the 90-degree turns
+    let (full_width, full_height) = if swaps { (stored_h, stored_w) } else { (stored_w, stored_h) };
     if format == ImageFormat::Jpeg {
         let min = if opts.jpeg_dct_scaling { min_short_side } else { 0 };
-        if let Some(j) = jpeg::decode(bytes, min) {
-            let (stored_w, stored_h) = decoder.dimensions();
-            let rgb = image::RgbImage::from_raw(j.width, j.height, j.data).expect("libjpeg-turbo fills width x height x 3 bytes");
-            let mut img = DynamicImage::ImageRgb8(rgb);
-            img.apply_orientation(orientation);
-            let swaps = orientation_code(orientation) >= 5; // the 90-degree turns
-            let (full_width, full_height) = if swaps { (stored_h, stored_w) } else { (stored_w, stored_h) };
-            let (width, height) = (img.width(), img.height());
-            return Ok(Rgb8 { width, height, data: img.into_rgb8().into_raw(), full_width, full_height, scale: j.scale });
+        match jpeg::decode(bytes, min) {
+            jpeg::Outcome::Decoded(j) => {
+                opts.check_stop()?;
+                let rgb = image::RgbImage::from_raw(j.width, j.height, j.data).expect("libjpeg-turbo fills width x height x 3 bytes");
+                let img = oriented(rgb, orientation);
+                let (width, height) = (img.width(), img.height());
+                return Ok(Rgb8 { width, height, data: img.into_raw(), full_width, full_height, scale: j.scale });
+            }
+            jpeg::Outcome::Refused(e) => return Err(e),
+            jpeg::Outcome::Damaged(message) if !opts.accept_damaged => {
+                let what = if message.contains("Premature end") { "truncated" } else { "corrupt (truncated or damaged data)" };
+                return Err(Error::new(Kind::InvalidImage, format!("JPEG image is {what}: libjpeg-turbo reports \"{message}\"")).with_hint(DAMAGED_HINT));
+            }
+            // Damaged but accepted, or a JPEG libjpeg-turbo does not take (CMYK/YCCK,
+            // lossless): the general decoder, which fills what it cannot read.
+            jpeg::Outcome::Damaged(_) | jpeg::Outcome::Declined => {
+                if !opts.accept_damaged && !jpeg::has_end_marker(bytes) {
+                    return Err(Error::new(Kind::InvalidImage, "JPEG image is truncated: no end-of-image marker after its last scan").with_hint(DAMAGED_HINT));
+                }
+            }
         }
     }
-    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| decode_error(format, e))?;
-    img.apply_orientation(orientation);
-    let (width, height) = (img.width(), img.height());
-    let data = if img.color().has_alpha() && alpha == Alpha::White {
-        composite_on_white(&img.into_rgba8().into_raw())
+    let img = DynamicImage::from_decoder(decoder).map_err(|e| decode_error(format, e))?;
+    opts.check_stop()?;
+    let rgb = if img.color().has_alpha() && alpha == Alpha::White {
+        let rgba = img.into_rgba8();
+        let (w, h) = rgba.dimensions();
+        image::RgbImage::from_raw(w, h, composite_on_white(rgba.as_raw())).expect("3 bytes a pixel")
     } else {
-        img.into_rgb8().into_raw()
+        img.into_rgb8()
     };
-    Ok(Rgb8::new(width, height, data))
+    opts.check_stop()?;
+    let img = oriented(rgb, orientation);
+    let (width, height) = (img.width(), img.height());
+    Ok(Rgb8::new(width, height, img.into_raw()))
+}
+
+/// Applies an EXIF orientation to an 8-bit RGB image.
+fn oriented(rgb: image::RgbImage, orientation: image::metadata::Orientation) -> image::RgbImage {
+    if orientation == image::metadata::Orientation::NoTransforms {
+        return rgb;
+    }
+    let mut img = DynamicImage::ImageRgb8(rgb);
+    img.apply_orientation(orientation);
+    img.into_rgb8()
 }
 
 /// `out = c * a + 255 * (1 - a)`, rounded, for 8-bit RGBA.
@@ -250,7 +357,7 @@ fn composite_on_white(rgba: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image::{ImageBuffer, Rgba, RgbImage};
+    use image::{ImageBuffer, RgbImage};
 
     fn encode(img: DynamicImage, f: ImageFormat) -> Vec<u8> {
         let mut out = Cursor::new(Vec::new());
@@ -283,7 +390,6 @@ mod tests {
         assert_eq!(white.data, vec![255, 255, 255, 127, 127, 127]);
         let drop = decode_rgb8(&png, Alpha::Drop, &Options::default(), 0).unwrap();
         assert_eq!(drop.data, vec![255, 0, 0, 0, 0, 0]);
-        let _: ImageBuffer<Rgba<u8>, _> = ImageBuffer::new(1, 1);
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use crate::decode::{self, Options};
 use crate::error::Result;
 use crate::manifest::Manifest;
-use crate::model::Model;
+use crate::error::{Error, Kind};
+use crate::model::{Model, Run};
 use crate::preprocess;
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -22,12 +23,14 @@ pub fn embed_image(model: &mut Model, bytes: &[u8], opts: &Options, output: Opti
     let start = Instant::now();
     let img = decode::decode_rgb8(bytes, model.manifest.alpha, opts, preprocess::min_decode_side(&model.manifest))?;
     t.decode = start.elapsed();
+    opts.check_stop()?;
     let start = Instant::now();
     let mut input = vec![0f32; preprocess::tensor_len(&model.manifest)];
     preprocess::preprocess(&img, &model.manifest, &mut input)?;
     t.preprocess = start.elapsed();
+    opts.check_stop()?;
     let start = Instant::now();
-    let mut out = model.run(&input, 1, output, false)?;
+    let mut out = model.run(&input, 1, Run { output, stop: opts.stop, ..Run::default() })?;
     t.inference = start.elapsed();
     Ok((out.pop().expect("run returns one vector per image"), t))
 }
@@ -59,37 +62,58 @@ pub fn prepare_parallel(m: &Manifest, images: &[&[u8]], first: usize, opts: &Opt
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(crate::Error::new(crate::Kind::InvalidImage, "image decoding panicked")))).collect()
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::new(Kind::InvalidImage, "image decoding panicked")))).collect()
         })
     });
-    // The first failing image in input order, so the error is deterministic.
+    // An interrupt wins over image errors (the host raises its own error); otherwise the
+    // first failing image in input order, so the error is deterministic.
+    if results.iter().any(|r| matches!(r, Err(e) if e.kind == Kind::Interrupted)) {
+        return Err(crate::decode::interrupted());
+    }
     results.into_iter().collect()
 }
 
-fn at_position(mut e: crate::Error, position: usize) -> crate::Error {
+fn at_position(mut e: Error, position: usize) -> Error {
+    if e.kind == Kind::Interrupted {
+        return e;
+    }
     e.message = format!("image {position} (1-based): {}", e.message);
     e
 }
 
-/// Embeds many images, `batch` at a time. A producer thread decodes and preprocesses
-/// batch b+1 (on `threads` threads, `prepare_parallel`) while the calling thread runs
-/// batch b through the model, so decoding and inference overlap instead of taking turns.
-/// `between_batches` runs on the calling thread before each batch (the extension checks
-/// for query cancel there); an error from it, or an unwinding panic, stops the producer
-/// at its next batch: it is blocked sending into a channel whose receiver is gone.
-pub fn embed_images(
-    model: &mut Model,
-    images: &[&[u8]],
-    opts: &Options,
-    batch: usize,
-    threads: usize,
-    mut between_batches: impl FnMut() -> Result<()>,
-) -> Result<Vec<Vec<f32>>> {
+/// Most images `embed_images` runs through the model at once. On CPU a bigger batch is
+/// not faster per image; it only multiplies the activations held in memory.
+pub const MAX_BATCH: usize = 64;
+
+/// Most threads that decode at once for one `embed_images` call: with the pixel limit,
+/// this bounds the call's peak decoding memory (each decode holds up to about 11 bytes a
+/// pixel, `decode::decode_rgb8`).
+pub const MAX_DECODE_THREADS: usize = 4;
+
+/// Decode threads for a batch: the cores the model's own `model_threads` intra-op threads
+/// leave free (at least one, at most `MAX_DECODE_THREADS`), so decoding does not preempt
+/// inference. `model_threads` 0 means one per core, as in ONNX Runtime.
+pub fn decode_threads(model_threads: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let model_threads = if model_threads == 0 { cores } else { model_threads.min(cores) };
+    cores.saturating_sub(model_threads).clamp(1, MAX_DECODE_THREADS)
+}
+
+/// Embeds many images, `batch` at a time (1 to `MAX_BATCH`). A producer thread decodes
+/// and preprocesses batch b+1 (on `threads` threads, `prepare_parallel`) while the calling
+/// thread runs batch b through the model, so decoding and inference overlap instead of
+/// taking turns. `opts.stop` is polled before each batch, by the decoders and by the model
+/// run; when it fires, the producer is stopped and joined before this returns
+/// `Kind::Interrupted`, so no thread outlives the call. An unwinding panic stops the
+/// producer the same way: it is blocked sending into a channel whose receiver is gone.
+pub fn embed_images(model: &mut Model, images: &[&[u8]], opts: &Options, batch: usize, threads: usize) -> Result<Vec<Vec<f32>>> {
+    check_batch(batch)?;
     let manifest = model.manifest.clone();
     let len = preprocess::tensor_len(&manifest);
-    let batch = batch.max(1);
     let batches = images.len().div_ceil(batch);
-    let mut vectors = Vec::with_capacity(images.len());
+    let mut vectors = Vec::new();
+    vectors.try_reserve_exact(images.len()).map_err(|_| out_of_memory(images.len()))?;
+    let threads = threads.clamp(1, MAX_DECODE_THREADS);
     std::thread::scope(|s| -> Result<()> {
         // Declared inside the scope: dropping `ready` on any early exit is what releases
         // the producer, and the scope waits for it.
@@ -98,8 +122,8 @@ pub fn embed_images(
         crate::runtime::with_signals_blocked(|| {
             s.spawn(move || {
                 for (b, chunk) in images.chunks(batch).enumerate() {
-                    let mut input = vec![0f32; chunk.len() * len];
-                    let prepared = prepare_parallel(manifest, chunk, 1 + b * batch, opts, threads, &mut input).map(|()| input);
+                    let prepared = batch_tensor(chunk.len() * len)
+                        .and_then(|mut input| prepare_parallel(manifest, chunk, 1 + b * batch, opts, threads, &mut input).map(|()| input));
                     let failed = prepared.is_err();
                     if tx.send(prepared).is_err() || failed {
                         break;
@@ -108,10 +132,10 @@ pub fn embed_images(
             })
         });
         for b in 0..batches {
-            between_batches()?;
-            let input = ready.recv().map_err(|_| crate::Error::new(crate::Kind::InvalidImage, "image decoding stopped unexpectedly"))??;
-            // The last run gives the batch-sized activations back (Model::run).
-            vectors.extend(model.run(&input, input.len() / len, None, b + 1 == batches)?);
+            opts.check_stop()?;
+            let input = ready.recv().map_err(|_| Error::new(Kind::InvalidImage, "image decoding stopped unexpectedly"))??;
+            let last = b + 1 == batches;
+            vectors.extend(model.run(&input, input.len() / len, Run { shrink_arena: last, stop: opts.stop, ..Run::default() })?);
         }
         Ok(())
     })?;
@@ -119,6 +143,30 @@ pub fn embed_images(
     // than a single call's; give the freed pages back rather than leave them resident.
     crate::memory::release_free_pages();
     Ok(vectors)
+}
+
+/// `batch` must be 1 to `MAX_BATCH`.
+pub fn check_batch(batch: usize) -> Result<()> {
+    if batch == 0 {
+        return Err(Error::new(Kind::InvalidArgument, "batch size must be at least 1"));
+    }
+    if batch > MAX_BATCH {
+        return Err(Error::new(Kind::LimitExceeded, format!("batch size {batch} is over the limit of {MAX_BATCH}"))
+            .with_hint(format!("use a batch size of 1 to {MAX_BATCH}: larger batches are not faster on CPU, only bigger in memory")));
+    }
+    Ok(())
+}
+
+/// A zeroed tensor of `len` floats, allocated fallibly.
+fn batch_tensor(len: usize) -> Result<Vec<f32>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| out_of_memory(len))?;
+    v.resize(len, 0f32);
+    Ok(v)
+}
+
+fn out_of_memory(items: usize) -> Error {
+    Error::new(Kind::OutOfMemory, format!("out of memory for a batch buffer of {items} items"))
 }
 
 #[cfg(test)]
@@ -176,13 +224,8 @@ mod tests {
         let mut model = Model::load(&dir, "efficientnet", &opts).unwrap();
         let files: Vec<Vec<u8>> = (1..=7).map(|i| png(200 + i * 30, 180 + i * 7, (i as u8).wrapping_mul(53))).collect();
         let refs: Vec<&[u8]> = files.iter().map(|f| f.as_slice()).collect();
-        let mut calls = 0;
-        let batched = embed_images(&mut model, &refs, &Options::default(), 3, 2, || {
-            calls += 1;
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!((batched.len(), calls), (7, 3), "7 images in batches of 3: 3 batches");
+        let batched = embed_images(&mut model, &refs, &Options::default(), 3, 2).unwrap();
+        assert_eq!(batched.len(), 7);
         for (i, f) in refs.iter().enumerate() {
             let (one, _) = embed_image(&mut model, f, &Options::default(), None).unwrap();
             let worst = one.iter().zip(&batched[i]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
@@ -190,19 +233,28 @@ mod tests {
         }
         assert_ne!(batched[0], batched[1]);
 
-        // A cancel before the second batch stops the work with the callback's error.
-        let mut calls = 0;
-        let e = embed_images(&mut model, &refs, &Options::default(), 2, 2, || {
-            calls += 1;
-            if calls == 2 { Err(crate::Error::new(crate::Kind::InvalidArgument, "canceled")) } else { Ok(()) }
-        })
-        .unwrap_err();
-        assert_eq!((e.message.as_str(), calls), ("canceled", 2));
+        // A stop request ends the call with Interrupted, whether it arrives before a
+        // batch, while decoding or while the model runs.
+        static POLLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        fn stop_after_a_few() -> bool {
+            POLLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 3
+        }
+        let stopping = Options { stop: stop_after_a_few, ..Options::default() };
+        let e = embed_images(&mut model, &refs, &stopping, 2, 2).unwrap_err();
+        assert_eq!(e.kind, Kind::Interrupted, "{e}");
+        fn always() -> bool {
+            true
+        }
+        let e = embed_image(&mut model, refs[0], &Options { stop: always, ..Options::default() }, None).unwrap_err();
+        assert_eq!(e.kind, Kind::Interrupted, "{e}");
+        // Batch limits are checked before any work.
+        assert_eq!(embed_images(&mut model, &refs, &Options::default(), 0, 2).unwrap_err().kind, Kind::InvalidArgument);
+        assert_eq!(embed_images(&mut model, &refs, &Options::default(), MAX_BATCH + 1, 2).unwrap_err().kind, Kind::LimitExceeded);
 
         // A bad image fails the call with its position, whichever batch it is in.
         let mut bad = refs.clone();
         bad[4] = b"not an image";
-        let e = embed_images(&mut model, &bad, &Options::default(), 2, 2, || Ok(())).unwrap_err();
+        let e = embed_images(&mut model, &bad, &Options::default(), 2, 2).unwrap_err();
         assert!(e.message.starts_with("image 5 (1-based)"), "{e}");
         println!("embed_images ok: 7 images, batches of 3, max difference from single below 1e-3");
     }

@@ -11,6 +11,8 @@
 
 use turbojpeg::{Colorspace, Decompressor, Image, PixelFormat, ScalingFactor};
 
+use crate::error::{Error, Kind};
+
 /// The reduced scales tried, in eighths. libjpeg-turbo has SIMD inverse DCTs for these;
 /// its other n/8 sizes run in plain C and are no faster than a full decode here
 /// (`cargo run --release -p pg_vision_core --example decode_bench`).
@@ -36,31 +38,64 @@ pub fn pick_eighths(w: u32, h: u32, min_short_side: u32) -> u32 {
     EIGHTHS.into_iter().find(|&n| (short * n as u64).div_ceil(8) >= min_short_side as u64).unwrap_or(8)
 }
 
+/// What libjpeg-turbo made of a JPEG.
+pub enum Outcome {
+    Decoded(Decoded),
+    /// Not a JPEG it takes: unreadable header, CMYK/YCCK, lossless. The caller tries its
+    /// general decoder, whose verdict stands.
+    Declined,
+    /// It failed or warned while decoding (a truncated file, corrupt entropy-coded data),
+    /// with libjpeg-turbo's message.
+    Damaged(String),
+    /// Refused outright: too many progressive scans, or no memory for the pixels.
+    Refused(Error),
+}
+
 /// Decodes a YCbCr, greyscale or RGB JPEG to RGB, at the scale `pick_eighths` gives for
-/// `min_short_side` (0: full size). `None` when libjpeg-turbo declines the file or
-/// reports anything, even a warning (CMYK/YCCK, lossless, truncated or corrupt data): the
-/// caller then takes its general decoder, whose verdict (and error message) stands.
-pub fn decode(bytes: &[u8], min_short_side: u32) -> Option<Decoded> {
-    let mut d = Decompressor::new().ok()?;
-    let header = d.read_header(bytes).ok()?;
+/// `min_short_side` (0: full size). Anything libjpeg-turbo reports while decoding, even a
+/// warning, makes the file `Damaged`: its warnings are all about damaged data ("Premature
+/// end of JPEG file", "Corrupt JPEG data: ...").
+pub fn decode(bytes: &[u8], min_short_side: u32) -> Outcome {
+    let Ok(mut d) = Decompressor::new() else { return Outcome::Declined };
+    let Ok(header) = d.read_header(bytes) else { return Outcome::Declined };
     if !matches!(header.colorspace, Colorspace::YCbCr | Colorspace::Gray | Colorspace::RGB) || header.is_lossless {
-        return None;
+        return Outcome::Declined;
     }
-    let (w, h) = (u32::try_from(header.width).ok()?, u32::try_from(header.height).ok()?);
+    let (Ok(w), Ok(h)) = (u32::try_from(header.width), u32::try_from(header.height)) else { return Outcome::Declined };
     let n = if min_short_side == 0 { 8 } else { pick_eighths(w, h, min_short_side) };
     let factor = ScalingFactor::new(n as usize, 8);
-    d.set_scaling_factor(factor).ok()?;
-    d.set_scan_limit(MAX_SCANS).ok()?;
+    if d.set_scaling_factor(factor).is_err() || d.set_scan_limit(MAX_SCANS).is_err() {
+        return Outcome::Declined;
+    }
     let scaled = header.scaled(factor);
-    let mut image = Image {
-        pixels: vec![0u8; 3 * scaled.width * scaled.height],
-        width: scaled.width,
-        pitch: 3 * scaled.width,
-        height: scaled.height,
-        format: PixelFormat::RGB,
-    };
-    d.decompress(bytes, image.as_deref_mut()).ok()?;
-    Some(Decoded { width: scaled.width as u32, height: scaled.height as u32, data: image.pixels, scale: n as f64 / 8.0 })
+    // The caller checked width x height against its pixel limit; the allocation is still
+    // made fallible, so memory pressure is an error and not an abort.
+    let len = 3 * scaled.width * scaled.height;
+    let mut pixels = Vec::new();
+    if pixels.try_reserve_exact(len).is_err() {
+        return Outcome::Refused(Error::new(Kind::OutOfMemory, format!("out of memory for a {}x{} JPEG ({len} bytes)", scaled.width, scaled.height)));
+    }
+    pixels.resize(len, 0u8);
+    let mut image = Image { pixels, width: scaled.width, pitch: 3 * scaled.width, height: scaled.height, format: PixelFormat::RGB };
+    match d.decompress(bytes, image.as_deref_mut()) {
+        Ok(()) => Outcome::Decoded(Decoded { width: scaled.width as u32, height: scaled.height as u32, data: image.pixels, scale: n as f64 / 8.0 }),
+        Err(turbojpeg::Error::TurboJpegError(message)) if message.contains("more than") && message.contains("scans") => Outcome::Refused(
+            Error::new(Kind::LimitExceeded, format!("progressive JPEG has more than {MAX_SCANS} scans"))
+                .with_hint("re-encode it: real encoders write at most a few dozen scans, and many thousands make decoding take minutes"),
+        ),
+        Err(turbojpeg::Error::TurboJpegError(message)) => Outcome::Damaged(message),
+        Err(other) => Outcome::Damaged(other.to_string()),
+    }
+}
+
+/// Whether the JPEG has an end-of-image marker (FF D9) after the start of its last scan
+/// (FF DA). Inside entropy-coded data every FF byte is followed by 00 (or a restart
+/// marker), so these byte pairs are real markers; an EXIF thumbnail's own markers come
+/// before the main image's scans. A file cut off in transit has none.
+pub fn has_end_marker(bytes: &[u8]) -> bool {
+    let last_scan = bytes.windows(2).rposition(|p| p == [0xFF, 0xDA]);
+    let last_end = bytes.windows(2).rposition(|p| p == [0xFF, 0xD9]);
+    matches!((last_scan, last_end), (Some(s), Some(e)) if e > s)
 }
 
 #[cfg(test)]
@@ -80,5 +115,16 @@ mod tests {
         // ceil: 1023 / 2 rounds up to 512.
         assert_eq!(pick_eighths(1023, 2000, 512), 4);
         assert_eq!(pick_eighths(1, 1, 512), 8);
+    }
+
+    #[test]
+    fn end_marker_after_the_last_scan() {
+        // SOI, a thumbnail's SOS + EOI, the main SOS, data, EOI.
+        let whole = [0xFF, 0xD8, 0xFF, 0xDA, 1, 0xFF, 0xD9, 0xFF, 0xDA, 7, 0xFF, 0x00, 9, 0xFF, 0xD9];
+        assert!(has_end_marker(&whole));
+        assert!(has_end_marker(&[&whole[..], b"trailing junk"].concat()));
+        // Cut inside the main scan: the thumbnail's EOI does not count.
+        assert!(!has_end_marker(&whole[..12]));
+        assert!(!has_end_marker(&[0xFF, 0xD8]));
     }
 }

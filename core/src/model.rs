@@ -98,19 +98,14 @@ impl Model {
     }
 
     /// Runs the model on `batch` preprocessed images packed in `input` and returns one
-    /// vector per image from `output` (`None`: the embedding). Checks the output size,
+    /// vector per image from `how.output` (`None`: the embedding). Checks the output size,
     /// rejects NaN and infinity, and L2-normalises the embedding when the manifest says so.
-    ///
-    /// ONNX Runtime keeps activations in an arena that grows to the largest run and stays
-    /// that size: after one batch of 64, a backend held 680 MB the memory budget never saw.
-    /// `shrink` releases the arena's unused memory when this run ends; batch callers set it
-    /// on their last run. (Without the arena, every batch run mapped and faulted its
-    /// activations afresh: 20% slower.)
-    pub fn run(&mut self, input: &[f32], batch: usize, output: Option<&str>, shrink: bool) -> Result<Vec<Vec<f32>>> {
+    /// A run stopped through `how.stop` returns `Kind::Interrupted`.
+    pub fn run(&mut self, input: &[f32], batch: usize, how: Run<'_>) -> Result<Vec<Vec<f32>>> {
         let m = &self.manifest;
-        let (out_name, dim) = m.output(output)?;
+        let (out_name, dim) = m.output(how.output)?;
         let (out_name, name) = (out_name.to_owned(), m.name.clone());
-        let is_embedding = matches!(output, None | Some("embedding"));
+        let is_embedding = matches!(how.output, None | Some("embedding"));
         let l2 = m.l2_normalize && is_embedding;
         let shape = match m.layout {
             crate::manifest::Layout::NCHW => [batch, 3, m.height as usize, m.width as usize],
@@ -120,18 +115,65 @@ impl Model {
         let tensor = TensorRef::from_array_view((shape, input)).map_err(ort_err(Kind::Inference, "cannot build the input tensor"))?;
         let context = format!("model \"{name}\" failed to run");
         let mut options = RunOptions::new().map_err(ort_err(Kind::Inference, &context))?;
-        if shrink {
+        if how.shrink_arena {
             options.set("memory.enable_memory_arena_shrinkage", "cpu:0").map_err(ort_err(Kind::Inference, &context))?;
         }
-        let outputs = self
-            .session
-            .run_with_options(ort::inputs![input_name.as_str() => tensor], &options)
-            .map_err(ort_err(Kind::Inference, &context))?;
+        let session = &mut self.session;
+        let outputs = stoppable(&options, how.stop, || session.run_with_options(ort::inputs![input_name.as_str() => tensor], &options))
+            .map_err(|e| if (how.stop)() { crate::decode::interrupted() } else { Error::new(Kind::Inference, format!("{context}: {e}")) })?;
         let (shape, values) = outputs[out_name.as_str()]
             .try_extract_tensor::<f32>()
             .map_err(|e| Error::new(Kind::BadModel, format!("model \"{name}\": output \"{out_name}\" is not a float32 tensor: {e}")))?;
         split_output(&name, &format!("output \"{out_name}\""), "image", &shape[..], values, batch, dim, l2)
     }
+}
+
+/// How `Model::run` runs.
+#[derive(Clone, Copy)]
+pub struct Run<'a> {
+    /// Which output to return: `None` for the embedding, else an extra output's name.
+    pub output: Option<&'a str>,
+    /// Give the activation arena's unused memory back when this run ends. ONNX Runtime's
+    /// arena grows to the largest run and keeps that size, memory the budget never sees;
+    /// batch callers set this on their last run. (Without the arena each run maps and
+    /// faults its activations afresh, which is slower.)
+    pub shrink_arena: bool,
+    /// Polled every few milliseconds while the model runs, from a watcher thread: when it
+    /// returns true the run is terminated and `run` returns `Kind::Interrupted`.
+    pub stop: fn() -> bool,
+}
+
+impl Default for Run<'_> {
+    fn default() -> Self {
+        Run { output: None, shrink_arena: false, stop: crate::decode::never }
+    }
+}
+
+/// How often a running model's watcher polls `stop`.
+const STOP_POLL: Duration = Duration::from_millis(5);
+
+/// Runs `f` (a session run under `options`) while a watcher thread polls `stop` and
+/// terminates the run when it returns true. The watcher touches nothing but `stop` and
+/// `options`, and is joined before this returns.
+pub(crate) fn stoppable<T>(options: &RunOptions, stop: fn() -> bool, f: impl FnOnce() -> T) -> T {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let watcher = runtime::with_signals_blocked(|| {
+            s.spawn(|| {
+                while !done.load(std::sync::atomic::Ordering::Acquire) {
+                    if stop() {
+                        let _ = options.terminate();
+                        return;
+                    }
+                    std::thread::park_timeout(STOP_POLL);
+                }
+            })
+        });
+        let result = f();
+        done.store(true, std::sync::atomic::Ordering::Release);
+        watcher.thread().unpark();
+        result
+    })
 }
 
 /// Splits a model's `[batch, dim]` output into one vector per input, after checking its

@@ -17,7 +17,7 @@ use pg_vision_core::preprocess;
 
 /// Small enough to keep one run well under a second: 4 Mpx decodes to at most 12 MB of
 /// RGB (the decoders' own buffers are capped at 8 bytes a pixel + 64 MiB by `decode`).
-const LIMITS: Options = Options { max_pixels: 4_000_000, max_bytes: 1 << 20, jpeg_dct_scaling: true };
+const LIMITS: Options = Options { max_pixels: 4_000_000, max_bytes: 1 << 20, jpeg_dct_scaling: true, accept_damaged: false, stop: decode::never };
 
 fn manifests() -> &'static [Manifest; 2] {
     static M: OnceLock<[Manifest; 2]> = OnceLock::new();
