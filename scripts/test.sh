@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every test: core unit tests, #[pg_test]s, the pg_regress suite, the memory budget and
-# query-cancel drivers, and the parity gate against the independent reference pipeline. Run by `make test` after setup.
+# Every test: core unit tests, #[pg_test]s, the pg_regress suite, the hostile-call suite
+# (pytest, as an ordinary role), the memory budget and query-cancel drivers, and the parity gate against the independent reference pipeline. Run by `make test` after setup.
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 cd "$REPO"
@@ -27,6 +27,9 @@ say "SQL regression tests (pg_regress: pgrx-tests/sql vs pgrx-tests/expected)"
 
 say "extension upgrade: ALTER EXTENSION pg_vision UPDATE from every released version equals a new install"
 "$REPO/scripts/upgrade_test.sh"
+
+say "hostile calls from an ordinary role (pytest pgrx-tests/python)"
+"$PY" -m pytest -q -p no:cacheprovider pgrx-tests/python
 
 say "memory budget across backends (shared_preload_libraries, 8 sessions, release on exit, reload)"
 "$PY" scripts/budget_test.py

@@ -55,6 +55,10 @@ DECLARE
   total bigint;
   batches int := 0;
 BEGIN
+  IF rel IS NULL OR image_column IS NULL OR targets IS NULL OR batch_size IS NULL THEN
+    RAISE EXCEPTION 'pg_vision_backfill: rel, image_column, targets and batch_size must not be NULL'
+      USING ERRCODE = 'null_value_not_allowed';
+  END IF;
   IF batch_size < 1 THEN
     RAISE EXCEPTION 'batch_size must be at least 1' USING ERRCODE = 'invalid_parameter_value';
   END IF;

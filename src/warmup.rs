@@ -3,20 +3,21 @@
 //!
 //! Session start, two cases:
 //! - With `shared_preload_libraries`, `_PG_init` runs once, in the postmaster, where ONNX
-//!   Runtime must never be touched. It installs a `ClientAuthentication_hook`, which only
-//!   marks a new client backend as "to preload", and a `post_parse_analyze_hook`, which
-//!   loads the models when that backend parses its first statement. Loading there, not
-//!   during authentication, keeps it after the connection-limit checks and lets the
-//!   WARNING about a model that cannot be loaded reach the client. Settings there come
-//!   from postgresql.conf (ALTER ROLE/DATABASE settings are applied later), which is why
-//!   preload_models is a SIGHUP setting.
+//!   Runtime must never be touched. It installs a `ClientAuthentication_hook`, which runs
+//!   in each new client backend right after authentication succeeds and loads the models
+//!   there, so the session's first query finds them loaded. Settings there come from
+//!   postgresql.conf (ALTER ROLE/DATABASE settings are applied later), which is why
+//!   preload_models is a SIGHUP setting. Messages below ERROR never reach the client
+//!   during authentication, so a model that cannot be loaded is logged then and reported
+//!   to the client as a WARNING when it parses its first statement
+//!   (`post_parse_analyze_hook`).
 //! - Without it, list pg_vision in `session_preload_libraries`: `_PG_init` then runs in
 //!   each new backend, after authentication, and loads the models itself.
 //!
 //! Either way a model that cannot be loaded (missing file, corrupt ONNX, over the budget,
 //! even a panic) is a WARNING that names it: never an error, never a refused connection.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::ffi::c_int;
 
 use pgrx::pg_sys::panic::CaughtError;
@@ -41,8 +42,10 @@ fn pg_vision_warmup(
     TableIterator::new(rows)
 }
 
-/// Loads `pg_vision.preload_models`; any failure, error or panic, becomes a WARNING.
-pub fn preload_session() {
+/// Loads `pg_vision.preload_models` and returns a message for each model that could not
+/// be loaded; any failure, error or panic, ends up there.
+fn preload() -> Vec<String> {
+    let mut failures = Vec::new();
     for name in guc::preload_models() {
         let outcome = PgTryBuilder::new(|| cache::warm(&name).map_err(|e| e.to_string()))
             .catch_others(|caught| {
@@ -58,8 +61,16 @@ pub fn preload_session() {
                     pgrx::debug1!("pg_vision: preloaded model \"{name}\" ({} tower) in {:.0} ms", w.tower.as_str(), w.load_ms);
                 }
             }
-            Err(e) => pgrx::warning!("pg_vision.preload_models: cannot load model \"{name}\": {e}"),
+            Err(e) => failures.push(format!("pg_vision.preload_models: cannot load model \"{name}\": {e}")),
         }
+    }
+    failures
+}
+
+/// Preloads now and warns at once (a session that is already running).
+pub fn preload_session() {
+    for message in preload() {
+        pgrx::warning!("{message}");
     }
 }
 
@@ -80,8 +91,8 @@ static mut PREV_CLIENT_AUTHENTICATION_HOOK: ClientAuthenticationHook = None;
 static mut PREV_POST_PARSE_ANALYZE_HOOK: pg_sys::post_parse_analyze_hook_type = None;
 
 thread_local! {
-    /// Set at authentication, cleared by the first statement, which preloads.
-    static PRELOAD_PENDING: Cell<bool> = const { Cell::new(false) };
+    /// Preload failures at authentication, for the client's first statement.
+    static UNREPORTED: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
 }
 
 #[pg_guard]
@@ -93,7 +104,11 @@ unsafe extern "C-unwind" fn on_client_authentication(port: *mut pg_sys::Port, st
         }
     }
     if status == pg_sys::STATUS_OK as c_int && is_client_backend() {
-        PRELOAD_PENDING.with(|p| p.set(true));
+        let failures = preload();
+        for message in &failures {
+            pgrx::log!("{message}");
+        }
+        UNREPORTED.with(|u| *u.borrow_mut() = failures);
     }
 }
 
@@ -105,8 +120,9 @@ unsafe extern "C-unwind" fn on_post_parse_analyze(pstate: *mut pg_sys::ParseStat
             prev(pstate, query, jstate);
         }
     }
-    if PRELOAD_PENDING.with(|p| p.replace(false)) {
-        preload_session();
+    let unreported = UNREPORTED.with(|u| std::mem::take(&mut *u.borrow_mut()));
+    for message in unreported {
+        pgrx::warning!("{message}");
     }
 }
 

@@ -151,7 +151,7 @@ fn decode_error(format: ImageFormat, e: image::ImageError) -> Error {
             .with_hint("lower the image's resolution before sending it"),
         image::ImageError::Unsupported(u) => Error::new(Kind::UnsupportedFormat, format!("{} variant not supported: {u}", format_name(format)))
             .with_hint(format!("re-encode it as a plain {SUPPORTED} image")),
-        image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::Interrupted => interrupted(),
+        image::ImageError::IoError(io) if io.get_ref().is_some_and(|e| e.is::<Stopped>()) => interrupted(),
         image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
             Error::new(Kind::InvalidImage, format!("{} image is truncated: its data ends before the picture does", format_name(format))).with_hint(DAMAGED_HINT)
         }
@@ -163,11 +163,24 @@ const DAMAGED_HINT: &str = "re-upload the original file; an upload cut off in tr
 
 /// The encoded bytes as the decoders read them: in chunks of at most `CHUNK` bytes, with
 /// `stop` polled before each, so a long decode (a big PNG, a TIFF) can be interrupted.
-/// Stopping surfaces as an I/O error of kind `Interrupted`, which `decode_error` maps back.
+/// Stopping surfaces as an I/O error carrying `Stopped`, which `decode_error` maps back.
+/// (Not `ErrorKind::Interrupted`: readers such as `read_to_end` retry those forever.)
 struct StopReader<'a> {
     inner: Cursor<&'a [u8]>,
     stop: fn() -> bool,
 }
+
+/// The marker of a read stopped by `Options::stop`.
+#[derive(Debug)]
+struct Stopped;
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stopped on request")
+    }
+}
+
+impl std::error::Error for Stopped {}
 
 /// About 1 ms of PNG inflate per chunk: a fine enough grain to stop within milliseconds.
 const CHUNK: usize = 64 << 10;
@@ -185,7 +198,7 @@ impl std::io::Read for StopReader<'_> {
 impl std::io::BufRead for StopReader<'_> {
     fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
         if (self.stop)() {
-            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "stopped on request"));
+            return Err(std::io::Error::other(Stopped));
         }
         let rest = self.inner.fill_buf()?;
         Ok(&rest[..rest.len().min(CHUNK)])
@@ -402,6 +415,47 @@ mod tests {
         let e = decode_rgb8(&png, Alpha::White, &Options { max_pixels: 1 << 30, max_bytes: 10, ..Options::default() }, 0).unwrap_err();
         assert_eq!(e.kind, Kind::ImageTooLarge);
         assert!(decode_rgb8(&png, Alpha::White, &Options { max_pixels: 60_000, max_bytes: 1 << 20, ..Options::default() }, 0).is_ok());
+    }
+
+    #[test]
+    fn a_stop_request_ends_every_decoder() {
+        fn always() -> bool {
+            true
+        }
+        let stopping = Options { stop: always, ..Options::default() };
+        let img = DynamicImage::ImageRgb8(RgbImage::from_fn(300, 200, |x, y| image::Rgb([x as u8, y as u8, 9])));
+        for f in [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::Gif, ImageFormat::Bmp, ImageFormat::Tiff, ImageFormat::WebP] {
+            let bytes = encode(img.clone(), f);
+            for alpha in [Alpha::White, Alpha::Drop] {
+                let e = decode_rgb8(&bytes, alpha, &stopping, 0).unwrap_err();
+                assert_eq!(e.kind, Kind::Interrupted, "{f:?}: {e}");
+            }
+            // The reader itself must not make decoders retry forever: stopping after the
+            // open (inside the decoder's reads) ends too.
+            static POLLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            fn after_first() -> bool {
+                POLLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 1
+            }
+            POLLS.store(0, std::sync::atomic::Ordering::SeqCst);
+            let e = decode_rgb8(&bytes, Alpha::White, &Options { stop: after_first, ..Options::default() }, 0).unwrap_err();
+            assert_eq!(e.kind, Kind::Interrupted, "{f:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn truncated_jpegs_are_refused_unless_accepted() {
+        let img = DynamicImage::ImageRgb8(RgbImage::from_fn(256, 192, |x, y| image::Rgb([x as u8, y as u8, (x ^ y) as u8])));
+        let jpg = encode(img, ImageFormat::Jpeg);
+        let cut = &jpg[..jpg.len() * 6 / 10];
+        let e = decode_rgb8(cut, Alpha::White, &Options::default(), 0).unwrap_err();
+        assert_eq!(e.kind, Kind::InvalidImage);
+        assert!(e.message.contains("truncated"), "{e}");
+        let d = decode_rgb8(cut, Alpha::White, &Options { accept_damaged: true, ..Options::default() }, 0).unwrap();
+        assert_eq!((d.width, d.height), (256, 192));
+        // A whole JPEG with trailing bytes after its end marker is fine.
+        let mut trailing = jpg.clone();
+        trailing.extend_from_slice(b"trailing bytes some cameras append");
+        assert!(decode_rgb8(&trailing, Alpha::White, &Options::default(), 0).is_ok());
     }
 
     #[test]
