@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$REPO"
 
 # --- Debian packages -------------------------------------------------------------------
-APT_PACKAGES="libclang-dev clang sudo python3-venv cmake nasm"
+APT_PACKAGES="libclang-dev clang sudo python3-venv cmake nasm libjpeg-turbo-progs"
 missing=""
 for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

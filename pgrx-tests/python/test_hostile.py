@@ -196,6 +196,34 @@ def test_statement_timeout_stops_a_large_png_decode(hostile, capsys):
     assert took < 1.15
 
 
+def test_many_scan_progressive_jpeg_is_bounded(hostile, tmp_path, capsys):
+    """libjpeg-turbo decodes a JPEG in one C call that cannot be interrupted; the scan limit
+    (jpeg.rs, smaller for bigger images) bounds it. A 49-megapixel JPEG re-encoded by
+    jpegtran with 97 progressive scans (its script maximum is 100) must stop within about
+    a second of statement_timeout firing."""
+    rng = np.random.default_rng(1)
+    noise = Image.fromarray(rng.integers(0, 255, (700, 700, 3), dtype=np.uint8)).resize((7000, 7000), Image.Resampling.BILINEAR)
+    noise.save(tmp_path / "big.jpg", quality=90)
+    script = ["0,1,2: 0-0, 0, 0;"] + [f"{c}: {k}-{min(k + 1, 63)}, 0, 0;" for c in range(3) for k in range(1, 64, 2)]
+    (tmp_path / "scans.txt").write_text("\n".join(script) + "\n")
+    out = tmp_path / "many_scans.jpg"
+    assert os.system(f"jpegtran -scans {tmp_path / 'scans.txt'} {tmp_path / 'big.jpg'} > {out}") == 0
+    data = out.read_bytes()
+    assert data.count(b"\xff\xda") == len(script)
+    hostile.execute("SELECT pg_vision_warmup(ARRAY['efficientnet'])")
+    t0 = time.monotonic()
+    hostile.execute("SELECT embed_efficientnet(%s)", (data,))
+    whole = time.monotonic() - t0
+    hostile.execute("SET statement_timeout = '100ms'")
+    t0 = time.monotonic()
+    state, _ = sqlstate(hostile, "SELECT embed_efficientnet(%s)", (data,))
+    took = time.monotonic() - t0
+    with capsys.disabled():
+        print(f"\n  49 MP JPEG with {len(script)} progressive scans: embeds in {whole:.2f} s; statement_timeout 100 ms stopped it after {took:.2f} s")
+    assert state == "57014"
+    assert took < 1.5
+
+
 def test_model_load_time_is_bounded(hostile, capsys):
     """A model load cannot be interrupted inside ONNX Runtime: measure the worst case."""
     rows = []
