@@ -28,5 +28,5 @@ fn image_checksum(image: &[u8]) -> String {
 /// clients: `embed_efficientnet(image_from_base64($1))`.
 #[pg_extern(immutable, strict, parallel_safe)]
 fn image_from_base64(image: &str) -> Vec<u8> {
-    decode::from_base64(image).or_raise()
+    decode::from_base64(image, crate::guc::decode_options().max_bytes).or_raise()
 }

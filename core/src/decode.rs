@@ -246,8 +246,10 @@ fn open<'a>(bytes: &'a [u8], limits: &Options) -> Result<(ImageFormat, impl Imag
 }
 
 /// Decodes base64 text, plain (whitespace and line breaks allowed, padding optional) or
-/// a `data:<mime>;base64,` URL, as JSON clients send images.
-pub fn from_base64(text: &str) -> Result<Vec<u8>> {
+/// a `data:<mime>;base64,` URL, as JSON clients send images. The decoded size is computed
+/// from the count of non-whitespace characters and checked against `max_bytes`
+/// (`pg_vision.max_image_bytes`) before anything sized by the text is allocated.
+pub fn from_base64(text: &str, max_bytes: u64) -> Result<Vec<u8>> {
     use base64::Engine;
     let body = match text.trim_start().strip_prefix("data:") {
         Some(url) => match url.split_once(',') {
@@ -258,12 +260,26 @@ pub fn from_base64(text: &str) -> Result<Vec<u8>> {
         },
         None => text,
     };
-    let clean: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    // Every 4 characters carry 3 bytes, so n characters (whitespace and trailing `=`
+    // padding excluded) decode to floor(n * 3 / 4) bytes: exact for valid base64, an
+    // upper bound otherwise (a stray `=` or a non-ASCII byte counts as a character).
+    let significant = || body.bytes().filter(|b| !b.is_ascii_whitespace());
+    let chars = significant().count() as u64;
+    let padding = body.bytes().rev().filter(|b| !b.is_ascii_whitespace()).take(2).take_while(|b| *b == b'=').count() as u64;
+    let decoded = (chars - padding) * 3 / 4;
+    if decoded > max_bytes {
+        return Err(Error::new(
+            Kind::ImageTooLarge,
+            format!("base64 image decodes to {decoded} bytes, over the limit of {max_bytes} bytes (pg_vision.max_image_bytes)"),
+        )
+        .with_hint("raise pg_vision.max_image_bytes, or downscale the image before sending it"));
+    }
+    let clean: Vec<u8> = significant().collect();
     let engine = base64::engine::GeneralPurpose::new(
         &base64::alphabet::STANDARD,
         base64::engine::GeneralPurposeConfig::new().with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
     );
-    engine.decode(clean.as_bytes()).map_err(|e| {
+    engine.decode(&clean).map_err(|e| {
         Error::new(Kind::InvalidArgument, format!("invalid base64 image ({} characters): {e}", clean.len()))
             .with_hint("send standard base64 (A-Z a-z 0-9 + /), optionally as a data:image/...;base64, URL")
     })
@@ -483,13 +499,29 @@ mod tests {
 
     #[test]
     fn base64_plain_and_data_url() {
-        assert_eq!(from_base64("aGVsbG8=").unwrap(), b"hello");
-        assert_eq!(from_base64("aGVs\nbG8").unwrap(), b"hello");
-        assert_eq!(from_base64("data:image/png;base64,aGVsbG8=").unwrap(), b"hello");
-        assert_eq!(from_base64("data:image/png,hello").unwrap_err().kind, Kind::InvalidArgument);
-        let e = from_base64("not base64!").unwrap_err();
+        const M: u64 = 1 << 20;
+        assert_eq!(from_base64("aGVsbG8=", M).unwrap(), b"hello");
+        assert_eq!(from_base64("aGVs\nbG8", M).unwrap(), b"hello");
+        assert_eq!(from_base64("data:image/png;base64,aGVsbG8=", M).unwrap(), b"hello");
+        assert_eq!(from_base64("data:image/png,hello", M).unwrap_err().kind, Kind::InvalidArgument);
+        let e = from_base64("not base64!", M).unwrap_err();
         assert_eq!(e.kind, Kind::InvalidArgument);
         assert!(e.message.contains("invalid base64"), "{}", e.message);
+        // The size limit: "hello" is 5 bytes, with or without padding and whitespace.
+        for text in ["aGVsbG8=", "aGVsbG8", " aG Vs\r\n\tbG 8 = \n", "data:image/png;base64,aGVs\nbG8="] {
+            assert_eq!(from_base64(text, 5).unwrap(), b"hello", "{text:?}");
+            let e = from_base64(text, 4).unwrap_err();
+            assert_eq!(e.kind, Kind::ImageTooLarge, "{text:?}");
+            assert!(e.message.contains("decodes to 5 bytes, over the limit of 4 bytes"), "{}", e.message);
+        }
+        assert_eq!(from_base64("", 0).unwrap(), b"");
+        assert_eq!(from_base64("AAAA", 3).unwrap(), [0, 0, 0]);
+        assert_eq!(from_base64("AAAA", 2).unwrap_err().kind, Kind::ImageTooLarge);
+        // Whitespace is not counted: 4 MB of it around one byte.
+        let spaced = format!("{}QQ=={}", " \n".repeat(1 << 21), "\t".repeat(1 << 21));
+        assert_eq!(from_base64(&spaced, 1).unwrap(), b"A");
+        // Checked before decoding: an over-limit text is rejected even when it is invalid.
+        assert_eq!(from_base64(&"!".repeat(1000), 100).unwrap_err().kind, Kind::ImageTooLarge);
     }
 
     #[test]
