@@ -28,10 +28,10 @@ fn embed_image(model: &str, image: &[u8]) -> Vector {
 
 /// Embeds text with a CLIP-style model's text tower, into the same space as its images.
 /// Text longer than the model's context (77 tokens for CLIP) is truncated: the first 75
-/// tokens are kept (`pg_vision_core::text::tokenize`).
+/// tokens are kept (`pg_vision_core::text::tokenize`). Text over 1 MiB is refused (54000).
 #[pg_extern(immutable, strict, parallel_safe)]
 fn embed_text(model: &str, input: &str) -> Vector {
-    let mut v = cache::with_text_model(model, |m| m.embed_text(&[input])).or_raise();
+    let mut v = cache::with_text_model(model, |m| interrupt::run(|opts| m.embed_text_checked(&[input], opts.stop))).or_raise();
     Vector::checked(v.pop().expect("one vector per text")).or_raise()
 }
 

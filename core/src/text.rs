@@ -476,12 +476,12 @@ impl TextModel {
     /// truncated (module docs); call `tokenize` to learn whether one was. A text over
     /// `MAX_TEXT_BYTES` is an error (`Kind::LimitExceeded`).
     pub fn embed_text(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        self.embed_text_checked(texts, &|| false)
+        self.embed_text_checked(texts, crate::decode::never)
     }
 
     /// `embed_text`, giving up with `Kind::Interrupted` when `stop()` returns true while the
-    /// texts are tokenised (`tokenize_checked`; checked again before the model runs).
-    pub fn embed_text_checked(&mut self, texts: &[&str], stop: &dyn Fn() -> bool) -> Result<Vec<Vec<f32>>> {
+    /// texts are tokenised (`tokenize_checked`) or the model runs (`model::stoppable`).
+    pub fn embed_text_checked(&mut self, texts: &[&str], stop: fn() -> bool) -> Result<Vec<Vec<f32>>> {
         let batch = texts.len();
         if batch == 0 {
             return Ok(Vec::new());
@@ -491,11 +491,11 @@ impl TextModel {
         let mut ids = Vec::with_capacity(batch * ctx);
         let mut mask = Vec::with_capacity(batch * ctx);
         for text in texts {
-            let (i, k, _) = tokenize_checked(text, ctx, stop)?;
+            let (i, k, _) = tokenize_checked(text, ctx, &stop)?;
             ids.extend_from_slice(&i);
             mask.extend_from_slice(&k);
         }
-        check(stop)?;
+        check(&stop)?;
         let name = self.name.clone();
         let (input_name, mask_name, out_name) = (m.input_name.clone(), m.attention_mask_name.clone(), m.output_name.clone());
         let tensor_err = |e: ort::Error| Error::new(Kind::Inference, format!("cannot build the text input tensor: {e}"));
@@ -505,10 +505,15 @@ impl TextModel {
             let t = TensorRef::from_array_view(([batch, ctx], mask.as_slice())).map_err(tensor_err)?;
             inputs.push((Cow::from(mask_name.as_str()), SessionInputValue::from(t)));
         }
-        let outputs = self
-            .session
-            .run(inputs)
-            .map_err(|e| Error::new(Kind::Inference, format!("model \"{name}\": the text tower failed to run: {e}")))?;
+        let options = ort::session::RunOptions::new().map_err(|e| Error::new(Kind::Inference, format!("model \"{name}\": {e}")))?;
+        let session = &mut self.session;
+        let outputs = crate::model::stoppable(&options, stop, || session.run_with_options(inputs, &options)).map_err(|e| {
+            if stop() {
+                crate::decode::interrupted()
+            } else {
+                Error::new(Kind::Inference, format!("model \"{name}\": the text tower failed to run: {e}"))
+            }
+        })?;
         let (shape, values) = outputs[out_name.as_str()]
             .try_extract_tensor::<f32>()
             .map_err(|e| Error::new(Kind::BadModel, format!("model \"{name}\": text output \"{out_name}\" is not a float32 tensor: {e}")))?;
