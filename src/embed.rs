@@ -51,7 +51,7 @@ fn embed_images(model: Option<&str>, images: Option<Array<&[u8]>>, batch_size: d
     let present: Vec<&[u8]> = images.iter().flatten().collect();
     let threads = embed::decode_threads(guc::intra_op_threads());
     let mut vectors = cache::with_model(model, |m| {
-        vector::check_array_fits(images.len(), m.manifest.dim)?;
+        vector::check_array_fits(images.len(), present.len(), m.manifest.dim)?;
         interrupt::run(|opts| embed::embed_images(m, &present, opts, batch, threads))
     })
     .or_raise()

@@ -111,13 +111,14 @@ fn lookup_vector_type() -> pg_sys::Oid {
 /// PostgreSQL's largest value (MaxAllocSize, 1 GB - 1).
 const MAX_VALUE_BYTES: u64 = 0x3fff_ffff;
 
-/// Checks, before any work, that `n` vectors of `dim` values fit in one `vector[]` value.
-pub fn check_array_fits(n: usize, dim: usize) -> pg_vision_core::Result<()> {
-    let bytes = (n as u64).saturating_mul(8 + 4 * dim as u64).saturating_add(24 + (n as u64).div_ceil(8));
+/// Checks, before any work, that a `vector[]` of `n` elements, `present` of them vectors of
+/// `dim` values (the rest NULL), fits in one value.
+pub fn check_array_fits(n: usize, present: usize, dim: usize) -> pg_vision_core::Result<()> {
+    let bytes = (present as u64).saturating_mul(8 + 4 * dim as u64).saturating_add(24 + (n as u64).div_ceil(8));
     if bytes > MAX_VALUE_BYTES {
         return Err(Error::new(
             Kind::LimitExceeded,
-            format!("{n} vectors of {dim} dimensions take {bytes} bytes, over PostgreSQL's limit of {MAX_VALUE_BYTES} bytes for one value"),
+            format!("{present} vectors of {dim} dimensions take {bytes} bytes, over PostgreSQL's limit of {MAX_VALUE_BYTES} bytes for one value"),
         )
         .with_hint("embed the images in several calls (pg_vision_backfill does this for a table)"));
     }
