@@ -75,7 +75,7 @@
 //!   last token or so before the cut: with a cap of `room * 32` bytes, a run of `😂` gets
 //!   a different 75th token. The 2 tokens of margin keep the first `room` tokens exactly
 //!   the crate's encoding of the whole word: test `word_cap_changes_no_output` (words of
-//!   500..2,600 characters of letters, `th`, emoji, CJK, punctuation, Devanagari, random
+//!   500..5,000 characters of letters, `th`, emoji, CJK, punctuation, Devanagari, random
 //!   and periodic, at 5 context lengths), and, offline, 20,000 random words of up to
 //!   1,550 units at 10 values of `room` found no difference with a margin of 1 token.
 //! - **Interrupts.** `tokenize_checked` (and `TextModel::embed_text_checked`) poll a
@@ -822,7 +822,7 @@ mod tests {
         ];
         let mut words: Vec<String> = Vec::new();
         for unit in ["th", "abc", "a", "😂", "😍😂", "—", "的", "!?", "ab", "ha"] {
-            for n in [500, 1000, 2000, 2600] {
+            for n in [500, 1000, 2000, 2600, 5000] {
                 words.push(unit.repeat(n / unit.chars().count()));
             }
         }
