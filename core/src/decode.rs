@@ -224,6 +224,9 @@ fn open<'a>(bytes: &'a [u8], limits: &Options) -> Result<(ImageFormat, impl Imag
         .with_hint("downscale or recompress the image before sending it"));
     }
     let format = detect_format(bytes)?;
+    if format == ImageFormat::WebP {
+        check_webp_chunks(bytes)?;
+    }
     let mut reader = ImageReader::with_format(StopReader { inner: Cursor::new(bytes), stop: limits.stop }, format);
     let mut decoder_limits = image::Limits::default();
     // RGBA, 16 bits a channel, is the largest buffer a decoder makes for a pixel.
@@ -243,6 +246,31 @@ fn open<'a>(bytes: &'a [u8], limits: &Options) -> Result<(ImageFormat, impl Imag
         return Err(Error::new(Kind::InvalidImage, format!("{} image has no pixels ({w}x{h})", format_name(format))));
     }
     Ok((format, decoder))
+}
+
+/// Checks that every RIFF chunk of a WebP fits in the bytes given. The WebP decoder
+/// allocates a chunk's declared size before reading it (image-webp 0.2, and `image` does
+/// not pass its memory limits on), so a 600-byte file whose EXIF chunk declares 3 GB
+/// would make it ask for 3 GB, and a failed allocation aborts the process.
+fn check_webp_chunks(bytes: &[u8]) -> Result<()> {
+    let corrupt = |what: String| Error::new(Kind::InvalidImage, format!("WebP image is truncated or corrupt: {what}")).with_hint(DAMAGED_HINT);
+    let u32_at = |i: usize| bytes.get(i..i + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64);
+    let riff = u32_at(4).ok_or_else(|| corrupt("no RIFF header".into()))?;
+    if riff + 8 > bytes.len() as u64 {
+        return Err(corrupt(format!("its RIFF header declares {} bytes, but only {} were given", riff + 8, bytes.len())));
+    }
+    let end = (riff + 8) as usize;
+    let mut at = 12;
+    while at + 8 <= end {
+        let size = u32_at(at + 4).expect("checked above");
+        let left = (end - at - 8) as u64;
+        if size > left {
+            let name = String::from_utf8_lossy(&bytes[at..at + 4]).into_owned();
+            return Err(corrupt(format!("its {name:?} chunk declares {size} bytes, but only {left} follow")));
+        }
+        at += 8 + size as usize + (size as usize & 1);
+    }
+    Ok(())
 }
 
 /// Decodes base64 text, plain (whitespace and line breaks allowed, padding optional) or
@@ -461,6 +489,37 @@ mod tests {
             let e = decode_rgb8(&bytes, Alpha::White, &Options { stop: after_first, ..Options::default() }, 0).unwrap_err();
             assert_eq!(e.kind, Kind::Interrupted, "{f:?}: {e}");
         }
+    }
+
+    #[test]
+    fn webp_chunks_larger_than_the_file_are_refused_before_decoding() {
+        // Found by cargo fuzz: an EXIF chunk declaring 2,969,567,258 bytes in 594 bytes.
+        let bomb = include_bytes!("../fuzz/regressions/decode_preprocess/oom-webp-exif-chunk-2969567258-bytes.webp");
+        for e in [info(bomb, &Options::default()).unwrap_err(), decode_rgb8(bomb, Alpha::White, &Options::default(), 0).unwrap_err()] {
+            assert_eq!(e.kind, Kind::InvalidImage, "{e}");
+            assert!(e.message.contains("chunk declares 2969567258 bytes"), "{e}");
+        }
+        // Real WebPs pass, lossy and lossless.
+        let img = DynamicImage::ImageRgba8(image::RgbaImage::from_fn(33, 17, |x, y| image::Rgba([x as u8, y as u8, 7, 200])));
+        let webp = encode(img, ImageFormat::WebP);
+        check_webp_chunks(&webp).unwrap();
+        assert!(decode_rgb8(&webp, Alpha::White, &Options::default(), 0).is_ok());
+        // Pillow's WebPs (lossy, lossless, alpha, EXIF; the fuzz seeds) pass too.
+        let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/decode_preprocess");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(seeds).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            if bytes.len() > 12 && &bytes[8..12] == b"WEBP" {
+                check_webp_chunks(&bytes).unwrap();
+                checked += 1;
+            }
+        }
+        assert!(checked >= 5, "{checked} WebP seeds");
+        // A RIFF size past the end, and a cut chunk.
+        let mut lying = webp.clone();
+        lying[4..8].copy_from_slice(&(webp.len() as u32 * 2).to_le_bytes());
+        assert_eq!(check_webp_chunks(&lying).unwrap_err().kind, Kind::InvalidImage);
+        assert_eq!(check_webp_chunks(&webp[..webp.len() - 3]).unwrap_err().kind, Kind::InvalidImage);
     }
 
     #[test]

@@ -266,6 +266,16 @@ def test_truncated_images_are_refused(hostile, superuser, chelsea_jpeg):
     superuser.execute("RESET pg_vision.accept_damaged_images")
 
 
+def test_webp_chunk_bomb_is_refused(hostile):
+    """Found by cargo fuzz: 594 bytes whose EXIF chunk declares 2,969,567,258 bytes; the WebP
+    decoder would allocate that before reading it, and a failed allocation aborts."""
+    path = os.path.join(photos.REPO, "core/fuzz/regressions/decode_preprocess/oom-webp-exif-chunk-2969567258-bytes.webp")
+    bomb = open(path, "rb").read()
+    for q in ["SELECT image_info(%s)", "SELECT embed_efficientnet(%s)"]:
+        state, msg = sqlstate(hostile, q, (bomb,))
+        assert state == "22P03" and "chunk declares 2969567258 bytes" in msg, msg
+
+
 # --- 9. base64 --------------------------------------------------------------------------
 
 def test_base64_size_checked_before_decoding(hostile):
