@@ -42,7 +42,7 @@ fn embed_text(model: &str, input: &str) -> Vector {
 /// A NULL argument gives NULL. The result must fit in one PostgreSQL value (1 GB).
 ///
 /// Default batch 4: on CPU a bigger batch does not make the model faster per image, it
-/// only multiplies the activations in memory (README, "Performance").
+/// only multiplies the activations in memory (README, "Correctness and speed").
 #[pg_extern(immutable, parallel_safe)]
 fn embed_images(model: Option<&str>, images: Option<Array<&[u8]>>, batch_size: default!(Option<i32>, 4)) -> Option<Vec<Option<Vector>>> {
     let (model, images, batch_size) = (model?, images?, batch_size?);

@@ -80,7 +80,7 @@ pub fn register() {
     GucRegistry::define_int_guc(
         c"pg_vision.max_image_pixels_ceiling",
         c"Upper bound of pg_vision.max_image_pixels, set by a superuser.",
-        c"Bounds the memory one decode may take: up to about 11 bytes a pixel (RGBA 16-bit decode plus its 8-bit copy).",
+        c"Bounds the memory one decode may take: up to about 12 bytes a pixel (RGBA 16-bit decode plus its 8-bit copy).",
         &MAX_IMAGE_PIXELS_CEILING,
         1,
         i32::MAX,

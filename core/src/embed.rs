@@ -86,7 +86,7 @@ fn at_position(mut e: Error, position: usize) -> Error {
 pub const MAX_BATCH: usize = 64;
 
 /// Most threads that decode at once for one `embed_images` call: with the pixel limit,
-/// this bounds the call's peak decoding memory (each decode holds up to about 11 bytes a
+/// this bounds the call's peak decoding memory (each decode holds up to about 12 bytes a
 /// pixel, `decode::decode_rgb8`).
 pub const MAX_DECODE_THREADS: usize = 4;
 
