@@ -161,6 +161,21 @@ def cancel_latency(conn, query, params, after):
     return result
 
 
+def embed_then_time_out(conn, image, timeout):
+    """Embeds `image` once untimed, then again under statement_timeout = `timeout`; returns
+    (seconds for the whole embedding, the second call's SQLSTATE, seconds it took)."""
+    conn.execute("SELECT pg_vision_warmup(ARRAY['efficientnet'])")
+    t0 = time.monotonic()
+    conn.execute("SELECT embed_efficientnet(%s)", (image,))
+    whole = time.monotonic() - t0
+    conn.execute(f"SET statement_timeout = '{timeout}'")
+    t0 = time.monotonic()
+    state, _ = sqlstate(conn, "SELECT embed_efficientnet(%s)", (image,))
+    took = time.monotonic() - t0
+    conn.execute("RESET statement_timeout")
+    return whole, state, took
+
+
 def test_cancel_a_long_inference_run(hostile, capsys):
     """One model run of 64 images (about a second of inference) stops within a second."""
     tiny = png(photos.photo("coffee.png").resize((64, 64)))
@@ -182,17 +197,7 @@ def test_statement_timeout_stops_a_large_png_decode(hostile, capsys):
     row = rng.integers(0, 255, (1, w, 3), dtype=np.uint8)
     img = Image.fromarray(np.repeat(row, h, axis=0) ^ (np.arange(h, dtype=np.uint8)[:, None, None] & 0x0F))
     data = png(img, compress_level=1)
-    t0 = time.monotonic()
-    hostile.execute("SELECT image_info(%s)", (data,))
-    hostile.execute("SELECT pg_vision_warmup(ARRAY['efficientnet'])")
-    t0 = time.monotonic()
-    hostile.execute("SELECT embed_efficientnet(%s)", (data,))
-    whole = time.monotonic() - t0
-    hostile.execute("SET statement_timeout = '150ms'")
-    t0 = time.monotonic()
-    state, _ = sqlstate(hostile, "SELECT embed_efficientnet(%s)", (data,))
-    took = time.monotonic() - t0
-    hostile.execute("RESET statement_timeout")
+    whole, state, took = embed_then_time_out(hostile, data, "150ms")
     with capsys.disabled():
         print(f"\n  49 MP PNG ({len(data) >> 20} MB): embeds in {whole:.2f} s; statement_timeout 150 ms stopped it after {took:.3f} s")
     assert state == "57014"
@@ -213,14 +218,7 @@ def test_many_scan_progressive_jpeg_is_bounded(hostile, tmp_path, capsys):
     assert os.system(f"jpegtran -scans {tmp_path / 'scans.txt'} {tmp_path / 'big.jpg'} > {out}") == 0
     data = out.read_bytes()
     assert data.count(b"\xff\xda") == len(script)
-    hostile.execute("SELECT pg_vision_warmup(ARRAY['efficientnet'])")
-    t0 = time.monotonic()
-    hostile.execute("SELECT embed_efficientnet(%s)", (data,))
-    whole = time.monotonic() - t0
-    hostile.execute("SET statement_timeout = '100ms'")
-    t0 = time.monotonic()
-    state, _ = sqlstate(hostile, "SELECT embed_efficientnet(%s)", (data,))
-    took = time.monotonic() - t0
+    whole, state, took = embed_then_time_out(hostile, data, "100ms")
     with capsys.disabled():
         print(f"\n  49 MP JPEG with {len(script)} progressive scans: embeds in {whole:.2f} s; statement_timeout 100 ms stopped it after {took:.2f} s")
     assert state == "57014"
