@@ -43,4 +43,4 @@ COPY --from=build /out/libonnxruntime.so /usr/lib/postgresql/${PG_MAJOR}/lib/lib
 COPY --from=build /out/models/ /usr/share/postgresql/${PG_MAJOR}/pg_vision/
 # Fashion-CLIP: run `make fclip` where there is internet and mount or copy
 # models/fclip-image.onnx into /usr/share/postgresql/18/pg_vision/.
-COPY docker/initdb.sql /docker-entrypoint-initdb.d/10-pg_vision.sql
+COPY docker/initdb.sh /docker-entrypoint-initdb.d/10-pg_vision.sh
