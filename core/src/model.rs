@@ -119,8 +119,9 @@ impl Model {
             options.set("memory.enable_memory_arena_shrinkage", "cpu:0").map_err(ort_err(Kind::Inference, &context))?;
         }
         let session = &mut self.session;
-        let outputs = stoppable(&options, how.stop, || session.run_with_options(ort::inputs![input_name.as_str() => tensor], &options))
-            .map_err(|e| if (how.stop)() { crate::decode::interrupted() } else { Error::new(Kind::Inference, format!("{context}: {e}")) })?;
+        let outputs = stoppable(&options, how.stop, || session.run_with_options(ort::inputs![input_name.as_str() => tensor], &options), |e| {
+            Error::new(Kind::Inference, format!("{context}: {e}"))
+        })?;
         let (shape, values) = outputs[out_name.as_str()]
             .try_extract_tensor::<f32>()
             .map_err(|e| Error::new(Kind::BadModel, format!("model \"{name}\": output \"{out_name}\" is not a float32 tensor: {e}")))?;
@@ -154,8 +155,14 @@ const STOP_POLL: Duration = Duration::from_millis(5);
 
 /// Runs `f` (a session run under `options`) while a watcher thread polls `stop` and
 /// terminates the run when it returns true. The watcher touches nothing but `stop` and
-/// `options`, and is joined before this returns.
-pub(crate) fn stoppable<T>(options: &RunOptions, stop: fn() -> bool, f: impl FnOnce() -> T) -> T {
+/// `options`, and is joined before this returns. A run that fails once `stop` has fired
+/// was terminated, which is `Kind::Interrupted`; any other failure is worded by `fail`.
+pub(crate) fn stoppable<T>(
+    options: &RunOptions,
+    stop: fn() -> bool,
+    f: impl FnOnce() -> ort::Result<T>,
+    fail: impl FnOnce(ort::Error) -> Error,
+) -> Result<T> {
     let done = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
         let watcher = runtime::with_signals_blocked(|| {
@@ -172,7 +179,7 @@ pub(crate) fn stoppable<T>(options: &RunOptions, stop: fn() -> bool, f: impl FnO
         let result = f();
         done.store(true, std::sync::atomic::Ordering::Release);
         watcher.thread().unpark();
-        result
+        result.map_err(|e| if stop() { crate::decode::interrupted() } else { fail(e) })
     })
 }
 

@@ -507,12 +507,8 @@ impl TextModel {
         }
         let options = ort::session::RunOptions::new().map_err(|e| Error::new(Kind::Inference, format!("model \"{name}\": {e}")))?;
         let session = &mut self.session;
-        let outputs = crate::model::stoppable(&options, stop, || session.run_with_options(inputs, &options)).map_err(|e| {
-            if stop() {
-                crate::decode::interrupted()
-            } else {
-                Error::new(Kind::Inference, format!("model \"{name}\": the text tower failed to run: {e}"))
-            }
+        let outputs = crate::model::stoppable(&options, stop, || session.run_with_options(inputs, &options), |e| {
+            Error::new(Kind::Inference, format!("model \"{name}\": the text tower failed to run: {e}"))
         })?;
         let (shape, values) = outputs[out_name.as_str()]
             .try_extract_tensor::<f32>()
