@@ -368,11 +368,7 @@ pub fn decode_rgb8(bytes: &[u8], alpha: Alpha, opts: &Options, min_short_side: u
             // Damaged but accepted, or a JPEG libjpeg-turbo does not take (CMYK/YCCK,
             // lossless): the general decoder, which fills what it cannot read.
             jpeg::Outcome::Damaged(_) | jpeg::Outcome::Declined => {
-                let limit = jpeg::scan_limit(stored_w, stored_h);
-                if jpeg::count_scans(bytes) > limit as u64 {
-                    return Err(Error::new(Kind::LimitExceeded, format!("progressive JPEG has more than {limit} scans, the limit for a {stored_w}x{stored_h} image"))
-                        .with_hint("re-encode it: real encoders write at most a few dozen scans, and many thousands make decoding take minutes"));
-                }
+                jpeg::check_scans(bytes, stored_w, stored_h)?;
                 if !opts.accept_damaged && !jpeg::has_end_marker(bytes) {
                     return Err(Error::new(Kind::InvalidImage, "JPEG image is truncated: no end-of-image marker after its last scan").with_hint(DAMAGED_HINT));
                 }

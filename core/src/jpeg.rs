@@ -91,19 +91,32 @@ pub fn decode(bytes: &[u8], min_short_side: u32) -> Outcome {
     let mut image = Image { pixels, width: scaled.width, pitch: 3 * scaled.width, height: scaled.height, format: PixelFormat::RGB };
     match d.decompress(bytes, image.as_deref_mut()) {
         Ok(()) => Outcome::Decoded(Decoded { width: scaled.width as u32, height: scaled.height as u32, data: image.pixels, scale: n as f64 / 8.0 }),
-        Err(turbojpeg::Error::TurboJpegError(message)) if message.contains("more than") && message.contains("scans") => Outcome::Refused(
-            Error::new(Kind::LimitExceeded, format!("progressive JPEG has more than {scans} scans, the limit for a {w}x{h} image"))
-                .with_hint("re-encode it: real encoders write at most a few dozen scans, and many thousands make decoding take minutes"),
-        ),
+        Err(turbojpeg::Error::TurboJpegError(message)) if message.contains("more than") && message.contains("scans") => {
+            Outcome::Refused(too_many_scans(scans, w, h))
+        }
         Err(turbojpeg::Error::TurboJpegError(message)) => Outcome::Damaged(message),
         Err(other) => Outcome::Damaged(other.to_string()),
     }
 }
 
-/// Start-of-scan markers (FF DA) in the file: its scans (and an EXIF thumbnail's). The
-/// general decoder, used for what libjpeg-turbo declines, has no scan limit of its own.
+fn too_many_scans(limit: u32, w: u32, h: u32) -> Error {
+    Error::new(Kind::LimitExceeded, format!("progressive JPEG has more than {limit} scans, the limit for a {w}x{h} image"))
+        .with_hint("re-encode it: real encoders write at most a few dozen scans, and many thousands make decoding take minutes")
+}
+
+/// Start-of-scan markers (FF DA) in the file: its scans (and an EXIF thumbnail's).
 pub fn count_scans(bytes: &[u8]) -> u64 {
     bytes.windows(2).filter(|p| *p == [0xFF, 0xDA]).count() as u64
+}
+
+/// The scan limit (`scan_limit`) for a JPEG that goes to the general decoder, which has
+/// none of its own (what libjpeg-turbo declines), counted from its markers.
+pub fn check_scans(bytes: &[u8], w: u32, h: u32) -> Result<(), Error> {
+    let limit = scan_limit(w, h);
+    if count_scans(bytes) > limit as u64 {
+        return Err(too_many_scans(limit, w, h));
+    }
+    Ok(())
 }
 
 /// Whether the JPEG has an end-of-image marker (FF D9) after the start of its last scan
@@ -154,5 +167,9 @@ mod tests {
         assert!(!has_end_marker(&whole[..12]));
         assert!(!has_end_marker(&[0xFF, 0xD8]));
         assert_eq!(count_scans(&whole), 2);
+        assert!(check_scans(&whole, 1000, 1000).is_ok());
+        let many = [0xFF, 0xDA].repeat(101);
+        assert_eq!(check_scans(&many, 50_000, 50_000).unwrap_err().kind, Kind::LimitExceeded);
+        assert!(check_scans(&many, 1000, 1000).is_ok());
     }
 }
