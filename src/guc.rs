@@ -160,18 +160,14 @@ pub fn model_dir() -> PathBuf {
     expand(&setting(&MODEL_DIR))
 }
 
-/// The cores this backend may use.
-pub fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 /// `pg_vision.intra_op_threads`, with 0 meaning one per core, never more than the cores:
 /// any role may set it, and threads beyond the cores only add contention (and, across
 /// many sessions, exhaust the process limit).
 pub fn intra_op_threads() -> usize {
+    let cores = pg_vision_core::runtime::cores();
     match INTRA_OP_THREADS.get().max(0) as usize {
-        0 => cores(),
-        n => n.min(cores()),
+        0 => cores,
+        n => n.min(cores),
     }
 }
 

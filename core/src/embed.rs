@@ -94,7 +94,7 @@ pub const MAX_DECODE_THREADS: usize = 4;
 /// leave free (at least one, at most `MAX_DECODE_THREADS`), so decoding does not preempt
 /// inference. `model_threads` 0 means one per core, as in ONNX Runtime.
 pub fn decode_threads(model_threads: usize) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = crate::runtime::cores();
     let model_threads = if model_threads == 0 { cores } else { model_threads.min(cores) };
     cores.saturating_sub(model_threads).clamp(1, MAX_DECODE_THREADS)
 }

@@ -70,6 +70,11 @@ fn check_same(rt: &Runtime, library: &Path) -> Result<()> {
     }
 }
 
+/// The cores this process may use (at least 1): the bound for inference and decoding threads.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Runs `f` with every signal blocked in the calling thread, so threads it creates
 /// inherit a mask that keeps the host's signal handlers off them; restores the mask after.
 pub fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
