@@ -76,6 +76,23 @@ def test_batch_size_bounds_and_null(hostile, chelsea_jpeg):
     assert hostile.execute("SELECT embed_images('efficientnet', ARRAY[%s::bytea], NULL) IS NULL", (chelsea_jpeg,)).fetchone()[0]
 
 
+def test_limits_hold_in_prepared_generic_plans(hostile, chelsea_jpeg):
+    """As drivers run them: a server-side prepared statement under a generic plan, where
+    the IMMUTABLE call is evaluated at run time with the bound parameters."""
+    hostile.execute("SET plan_cache_mode = force_generic_plan")
+    q = "SELECT cardinality(embed_images('efficientnet', array_fill(%s::bytea, ARRAY[%s]), %s))"
+    for _ in range(3):
+        assert hostile.execute(q, (chelsea_jpeg, 2, 2), prepare=True).fetchone()[0] == 2
+    for args, want in [((chelsea_jpeg, 2, 1000000), "54000"), ((chelsea_jpeg, 2, 0), "22023"), ((chelsea_jpeg[:5000], 2, 2), "22P03")]:
+        try:
+            hostile.execute(q, args, prepare=True)
+            state = "ok"
+        except psycopg.Error as e:
+            state = e.sqlstate
+        assert state == want, args[1:]
+    assert hostile.execute("SELECT 1").fetchone()[0] == 1
+
+
 # --- 2. decode limits: lowered by anyone, raised by nobody but the superuser -------------
 
 def test_image_limits_cannot_be_raised_by_an_ordinary_role(hostile):
