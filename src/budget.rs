@@ -194,7 +194,10 @@ pub struct Shortfall {
 pub fn estimate(name: &str, tower: Tower, file_bytes: u64) -> (u64, bool) {
     let n = Name::new(name);
     let measured = with_table(|t| {
-        t.memos.iter().find(|m| m.tower == tower as u8 && m.file_bytes == file_bytes && m.name.as_str() == n.as_str()).map(|m| m.measured)
+        t.memos
+            .iter()
+            .find(|m| m.tower == tower as u8 && m.file_bytes == file_bytes && m.name.as_str() == n.as_str())
+            .map(|m| m.measured)
     });
     match measured {
         Some(b) => (b, true),
@@ -347,7 +350,14 @@ fn collect(t: &Table) -> Vec<Row> {
     t.slots
         .iter()
         .filter(|s| s.pid != 0)
-        .map(|s| Row { pid: s.pid, model: s.name.as_str().to_owned(), tower: Tower::from_u8(s.tower), bytes: s.bytes, last_used: s.last_used, hits: s.hits })
+        .map(|s| Row {
+            pid: s.pid,
+            model: s.name.as_str().to_owned(),
+            tower: Tower::from_u8(s.tower),
+            bytes: s.bytes,
+            last_used: s.last_used,
+            hits: s.hits,
+        })
         .collect()
 }
 
@@ -359,7 +369,12 @@ pub struct Summary {
 }
 
 pub fn summary() -> Summary {
-    let f = |t: &Table| Summary { used: t.used(), backends: t.backends(), models: t.slots.iter().filter(|s| s.pid != 0).count(), evictions: t.evictions };
+    let f = |t: &Table| Summary {
+        used: t.used(),
+        backends: t.backends(),
+        models: t.slots.iter().filter(|s| s.pid != 0).count(),
+        evictions: t.evictions,
+    };
     if is_shared() {
         let t = SHARED.share();
         f(&t)

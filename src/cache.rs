@@ -120,7 +120,12 @@ impl Reservation {
 /// Retries `attempt` after evicting this backend's least recently used model, until it
 /// fits or nothing is left to evict. When even evicting all of this backend's models
 /// could not make room, it fails at once and keeps them.
-fn fitting<T>(name: &str, tower: Tower, bytes: u64, mut attempt: impl FnMut(u64) -> std::result::Result<T, Shortfall>) -> Result<T> {
+fn fitting<T>(
+    name: &str,
+    tower: Tower,
+    bytes: u64,
+    mut attempt: impl FnMut(u64) -> std::result::Result<T, Shortfall>,
+) -> Result<T> {
     loop {
         let budget = guc::memory_budget_bytes();
         match attempt(budget) {
@@ -143,10 +148,17 @@ fn does_not_fit(name: &str, tower: Tower, bytes: u64, s: &Shortfall) -> Error {
     let held = if budget::is_shared() {
         format!("{} in use by {} backend(s)", mb(s.used), s.backends)
     } else {
-        format!("{} in use by this connection (per-connection budget: pg_vision is not in shared_preload_libraries)", mb(s.used))
+        format!(
+            "{} in use by this connection (per-connection budget: pg_vision is not in shared_preload_libraries)",
+            mb(s.used)
+        )
     };
     let what = if s.full {
-        format!("pg_vision: cannot load model \"{name}\" ({} tower, {}): the table of loaded models is full; {held}", tower.as_str(), mb(bytes))
+        format!(
+            "pg_vision: cannot load model \"{name}\" ({} tower, {}): the table of loaded models is full; {held}",
+            tower.as_str(),
+            mb(bytes)
+        )
     } else {
         format!(
             "pg_vision: model \"{name}\" ({} tower, {}) does not fit in pg_vision.memory_budget ({}): {held}",
@@ -179,7 +191,11 @@ fn evict_lru() -> bool {
         Tower::Text => remove(&TEXT, &name),
     };
     budget::count_eviction();
-    pgrx::log!("pg_vision: evicted model \"{name}\" ({} tower, {}) to stay within pg_vision.memory_budget", tower.as_str(), mb(bytes.unwrap_or(0)));
+    pgrx::log!(
+        "pg_vision: evicted model \"{name}\" ({} tower, {}) to stay within pg_vision.memory_budget",
+        tower.as_str(),
+        mb(bytes.unwrap_or(0))
+    );
     true
 }
 
@@ -197,7 +213,9 @@ fn remove<M>(map: &'static LocalKey<Map<M>>, name: &str) -> Option<u64> {
 fn load<M: Cached>(dir: &Path, name: &str) -> Result<Entry<M>> {
     let file_bytes = std::fs::metadata(M::weights(dir, name)?).map_or(0, |m| m.len());
     let (estimate, _) = budget::estimate(name, M::TOWER, file_bytes);
-    let reservation = fitting(name, M::TOWER, estimate, |b| budget::reserve(name, M::TOWER, estimate, b).map(|s| Reservation(Some(s))))?;
+    let reservation = fitting(name, M::TOWER, estimate, |b| {
+        budget::reserve(name, M::TOWER, estimate, b).map(|s| Reservation(Some(s)))
+    })?;
     let opts = SessionOptions { library: guc::onnxruntime_library(), intra_threads: guc::intra_op_threads() };
     if file_bytes > 0 {
         // The process's ONNX Runtime environment is shared by all its models: created
@@ -260,7 +278,12 @@ pub struct Warmed {
 /// declares one), without counting a use.
 pub fn warm(name: &str) -> Result<Vec<Warmed>> {
     let has_text = Manifest::load(&guc::model_dir(), name)?.text.is_some();
-    let row = |tower, (bytes, t, now): (u64, Duration, bool)| Warmed { tower, bytes, load_ms: t.as_secs_f64() * 1e3, loaded_now: now };
+    let row = |tower, (bytes, t, now): (u64, Duration, bool)| Warmed {
+        tower,
+        bytes,
+        load_ms: t.as_secs_f64() * 1e3,
+        loaded_now: now,
+    };
     let mut out = vec![row(Tower::Image, ensure(&IMAGE, name)?)];
     if has_text {
         out.push(row(Tower::Text, ensure(&TEXT, name)?));

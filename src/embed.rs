@@ -22,7 +22,8 @@ use crate::vector::{self, Vector};
 /// Embeds an image with the named model.
 #[pg_extern(immutable, strict, parallel_safe)]
 fn embed_image(model: &str, image: &[u8]) -> Vector {
-    let (v, _) = cache::with_model(model, |m| interrupt::run(|opts| embed::embed_image(m, image, opts, None))).or_raise();
+    let (v, _) =
+        cache::with_model(model, |m| interrupt::run(|opts| embed::embed_image(m, image, opts, None))).or_raise();
     Vector::checked(v).or_raise()
 }
 
@@ -31,7 +32,8 @@ fn embed_image(model: &str, image: &[u8]) -> Vector {
 /// tokens are kept (`pg_vision_core::text::tokenize`). Text over 1 MiB is refused (54000).
 #[pg_extern(immutable, strict, parallel_safe)]
 fn embed_text(model: &str, input: &str) -> Vector {
-    let mut v = cache::with_text_model(model, |m| interrupt::run(|opts| m.embed_text_checked(&[input], opts.stop))).or_raise();
+    let mut v =
+        cache::with_text_model(model, |m| interrupt::run(|opts| m.embed_text_checked(&[input], opts.stop))).or_raise();
     Vector::checked(v.pop().expect("one vector per text")).or_raise()
 }
 
@@ -44,7 +46,11 @@ fn embed_text(model: &str, input: &str) -> Vector {
 /// Default batch 4: on CPU a bigger batch does not make the model faster per image, it
 /// only multiplies the activations in memory (README, "Correctness and speed").
 #[pg_extern(immutable, parallel_safe)]
-fn embed_images(model: Option<&str>, images: Option<Array<&[u8]>>, batch_size: default!(Option<i32>, 4)) -> Option<Vec<Option<Vector>>> {
+fn embed_images(
+    model: Option<&str>,
+    images: Option<Array<&[u8]>>,
+    batch_size: default!(Option<i32>, 4),
+) -> Option<Vec<Option<Vector>>> {
     let (model, images, batch_size) = (model?, images?, batch_size?);
     let batch = usize::try_from(batch_size).unwrap_or(0);
     embed::check_batch(batch).or_raise();
@@ -56,7 +62,12 @@ fn embed_images(model: Option<&str>, images: Option<Array<&[u8]>>, batch_size: d
     })
     .or_raise()
     .into_iter();
-    Some(images.iter().map(|img| img.map(|_| Vector::checked(vectors.next().expect("one vector per image")).or_raise())).collect())
+    Some(
+        images
+            .iter()
+            .map(|img| img.map(|_| Vector::checked(vectors.next().expect("one vector per image")).or_raise()))
+            .collect(),
+    )
 }
 
 /// Another output of the model than its embedding, as an array (e.g. EfficientNet's
@@ -76,8 +87,12 @@ fn embed_image_output(model: &str, image: &[u8], output: &str) -> Vec<f32> {
 fn pg_vision_profile(
     model: &str,
     image: &[u8],
-) -> TableIterator<'static, (name!(decode_ms, f64), name!(preprocess_ms, f64), name!(inference_ms, f64), name!(total_ms, f64))> {
-    let (_, t) = cache::with_model(model, |m| interrupt::run(|opts| embed::embed_image(m, image, opts, None))).or_raise();
+) -> TableIterator<
+    'static,
+    (name!(decode_ms, f64), name!(preprocess_ms, f64), name!(inference_ms, f64), name!(total_ms, f64)),
+> {
+    let (_, t) =
+        cache::with_model(model, |m| interrupt::run(|opts| embed::embed_image(m, image, opts, None))).or_raise();
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let row = (ms(t.decode), ms(t.preprocess), ms(t.inference), ms(t.decode + t.preprocess + t.inference));
     TableIterator::once(row)
@@ -122,8 +137,18 @@ fn pg_vision_models() -> TableIterator<
                 Ok(m) => {
                     let path = m.onnx_path(&dir);
                     let available = path.is_file();
-                    let problem = (!available).then(|| format!("{} is missing; create it with: {}", path.display(), m.fetch_hint));
-                    (name, m.dim as i32, format!("{}x{}", m.width, m.height), m.onnx_file, available, is_loaded, problem, m.description)
+                    let problem = (!available)
+                        .then(|| format!("{} is missing; create it with: {}", path.display(), m.fetch_hint));
+                    (
+                        name,
+                        m.dim as i32,
+                        format!("{}x{}", m.width, m.height),
+                        m.onnx_file,
+                        available,
+                        is_loaded,
+                        problem,
+                        m.description,
+                    )
                 }
                 Err(e) => (name, 0, String::new(), String::new(), false, is_loaded, Some(e.to_string()), String::new()),
             }
@@ -137,10 +162,19 @@ fn pg_vision_models() -> TableIterator<
 #[pg_extern(volatile, parallel_safe)]
 fn pg_vision_loaded_models() -> TableIterator<
     'static,
-    (name!(name, String), name!(tower, String), name!(file_bytes, i64), name!(bytes, i64), name!(load_ms, f64), name!(hits, i64)),
+    (
+        name!(name, String),
+        name!(tower, String),
+        name!(file_bytes, i64),
+        name!(bytes, i64),
+        name!(load_ms, f64),
+        name!(hits, i64),
+    ),
 > {
     TableIterator::new(
-        cache::loaded().into_iter().map(|l| (l.name, l.tower.as_str().to_owned(), l.file_bytes as i64, l.bytes as i64, l.load_ms, l.hits as i64)),
+        cache::loaded().into_iter().map(|l| {
+            (l.name, l.tower.as_str().to_owned(), l.file_bytes as i64, l.bytes as i64, l.load_ms, l.hits as i64)
+        }),
     )
 }
 
@@ -179,7 +213,9 @@ mod tests {
 
     /// A real photo-like image made in SQL-free Rust: a PNG gradient.
     fn gradient_png(w: u32, h: u32) -> Vec<u8> {
-        let img = pg_vision_core::image::RgbImage::from_fn(w, h, |x, y| pg_vision_core::image::Rgb([(x * 255 / w) as u8, (y * 255 / h) as u8, 128]));
+        let img = pg_vision_core::image::RgbImage::from_fn(w, h, |x, y| {
+            pg_vision_core::image::Rgb([(x * 255 / w) as u8, (y * 255 / h) as u8, 128])
+        });
         let mut out = std::io::Cursor::new(Vec::new());
         img.write_to(&mut out, pg_vision_core::image::ImageFormat::Png).unwrap();
         out.into_inner()
@@ -188,9 +224,14 @@ mod tests {
     #[pg_test]
     fn embeds_and_is_deterministic() {
         let png = gradient_png(320, 200);
-        let dims = Spi::get_one_with_args::<i32>("SELECT vector_dims(embed_efficientnet($1))", &[png.clone().into()]).unwrap();
+        let dims =
+            Spi::get_one_with_args::<i32>("SELECT vector_dims(embed_efficientnet($1))", &[png.clone().into()]).unwrap();
         assert_eq!(dims, Some(1280));
-        let d = Spi::get_one_with_args::<f64>("SELECT embed_efficientnet($1) <=> embed_image('efficientnet', $1)", &[png.into()]).unwrap();
+        let d = Spi::get_one_with_args::<f64>(
+            "SELECT embed_efficientnet($1) <=> embed_image('efficientnet', $1)",
+            &[png.into()],
+        )
+        .unwrap();
         assert_eq!(d, Some(0.0));
     }
 

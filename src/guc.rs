@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
 
-pub static ONNXRUNTIME_LIBRARY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"$libdir/libonnxruntime.so"));
+pub static ONNXRUNTIME_LIBRARY: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"$libdir/libonnxruntime.so"));
 pub static MODEL_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"$sharedir/pg_vision"));
 pub static INTRA_OP_THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static MAX_IMAGE_PIXELS: GucSetting<i32> = GucSetting::<i32>::new(50_000_000);
@@ -177,7 +178,11 @@ pub fn memory_budget_bytes() -> u64 {
 
 /// `pg_vision.preload_models`, split on commas.
 pub fn preload_models() -> Vec<String> {
-    setting(&PRELOAD_MODELS).split(',').map(|m| m.trim().trim_matches('"').to_owned()).filter(|m| !m.is_empty()).collect()
+    setting(&PRELOAD_MODELS)
+        .split(',')
+        .map(|m| m.trim().trim_matches('"').to_owned())
+        .filter(|m| !m.is_empty())
+        .collect()
 }
 
 /// The decoder's options: each limit is the smaller of the session's setting and the

@@ -13,7 +13,10 @@ use crate::guc;
 #[pg_extern(immutable, strict, parallel_safe)]
 fn image_info(
     image: &[u8],
-) -> TableIterator<'static, (name!(format, String), name!(width, i32), name!(height, i32), name!(orientation, i32), name!(has_alpha, bool))> {
+) -> TableIterator<
+    'static,
+    (name!(format, String), name!(width, i32), name!(height, i32), name!(orientation, i32), name!(has_alpha, bool)),
+> {
     let i = decode::info(image, &guc::decode_options()).or_raise();
     TableIterator::once((i.format.to_owned(), i.width as i32, i.height as i32, i.orientation as i32, i.has_alpha))
 }

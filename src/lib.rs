@@ -38,7 +38,11 @@ COMMENT ON EXTENSION pg_vision IS 'image-embedding models (ONNX) inside PostgreS
 
 // The trigger and the backfill are SQL over the functions above: plain PL/pgSQL is the
 // clearest way to say "for each target column, embed, handle the failure policy".
-extension_sql_file!("../sql/trigger.sql", name = "trigger", requires = [embed::embed_image, images::image_checksum, embed::pg_vision_models]);
+extension_sql_file!(
+    "../sql/trigger.sql",
+    name = "trigger",
+    requires = [embed::embed_image, images::image_checksum, embed::pg_vision_models]
+);
 extension_sql_file!("../sql/backfill.sql", name = "backfill", requires = ["trigger", embed::embed_images]);
 
 #[pg_guard]

@@ -20,7 +20,14 @@ fn pg_vision_memory() -> TableIterator<
     ),
 > {
     TableIterator::new(budget::rows().into_iter().map(|r| {
-        (r.pid, r.model, r.tower.to_owned(), r.bytes as i64, TimestampWithTimeZone::try_from(r.last_used).ok(), r.hits as i64)
+        (
+            r.pid,
+            r.model,
+            r.tower.to_owned(),
+            r.bytes as i64,
+            TimestampWithTimeZone::try_from(r.last_used).ok(),
+            r.hits as i64,
+        )
     }))
 }
 
@@ -71,19 +78,24 @@ mod tests {
         let value = std::ffi::CString::new(mb.to_string()).unwrap();
         // SAFETY: sets a GUC as the configuration file would.
         unsafe {
-            pg_sys::SetConfigOption(c"pg_vision.memory_budget".as_ptr(), value.as_ptr(), pg_sys::GucContext::PGC_SIGHUP, pg_sys::GucSource::PGC_S_FILE)
+            pg_sys::SetConfigOption(
+                c"pg_vision.memory_budget".as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_SIGHUP,
+                pg_sys::GucSource::PGC_S_FILE,
+            )
         };
     }
 
     fn load(model: &str) -> Result<(), String> {
-        PgTryBuilder::new(|| {
-            Spi::run(&format!("SELECT pg_vision_warmup(ARRAY['{model}'])")).map_err(|e| e.to_string())
-        })
-        .catch_when(PgSqlErrorCode::ERRCODE_OUT_OF_MEMORY, |e| match e {
-            pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => Err(format!("53200 {}", r.message())),
-            _ => Err("53200".into()),
-        })
-        .execute()
+        PgTryBuilder::new(|| Spi::run(&format!("SELECT pg_vision_warmup(ARRAY['{model}'])")).map_err(|e| e.to_string()))
+            .catch_when(PgSqlErrorCode::ERRCODE_OUT_OF_MEMORY, |e| match e {
+                pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => {
+                    Err(format!("53200 {}", r.message()))
+                }
+                _ => Err("53200".into()),
+            })
+            .execute()
     }
 
     fn loaded() -> Vec<String> {
@@ -98,7 +110,8 @@ mod tests {
     #[pg_test]
     fn budget_is_a_size_setting_with_a_default() {
         assert_eq!(Spi::get_one::<String>("SHOW pg_vision.memory_budget").unwrap().as_deref(), Some("1GB"));
-        let ctx = Spi::get_one::<String>("SELECT context FROM pg_settings WHERE name = 'pg_vision.memory_budget'").unwrap();
+        let ctx =
+            Spi::get_one::<String>("SELECT context FROM pg_settings WHERE name = 'pg_vision.memory_budget'").unwrap();
         assert_eq!(ctx.as_deref(), Some("sighup"));
         // Without shared_preload_libraries the budget is this connection's.
         assert_eq!(Spi::get_one::<bool>("SELECT cluster_wide FROM pg_vision_memory_summary").unwrap(), Some(false));
@@ -108,11 +121,18 @@ mod tests {
     fn loads_are_measured_evicted_and_refused_within_the_budget() {
         Spi::run("SELECT pg_vision_unload()").unwrap();
         load("efficientnet").unwrap();
-        let bytes = Spi::get_one::<i64>("SELECT bytes FROM pg_vision_loaded_models() WHERE name = 'efficientnet'").unwrap().unwrap();
-        let file = Spi::get_one::<i64>("SELECT file_bytes FROM pg_vision_loaded_models() WHERE name = 'efficientnet'").unwrap().unwrap();
+        let bytes = Spi::get_one::<i64>("SELECT bytes FROM pg_vision_loaded_models() WHERE name = 'efficientnet'")
+            .unwrap()
+            .unwrap();
+        let file = Spi::get_one::<i64>("SELECT file_bytes FROM pg_vision_loaded_models() WHERE name = 'efficientnet'")
+            .unwrap()
+            .unwrap();
         // Measured, not the file size: ONNX Runtime holds the weights plus its own buffers.
         assert!(bytes > file / 2 && bytes < file * 3, "measured {bytes} for a {file}-byte file");
-        let row = Spi::get_one::<i64>("SELECT bytes FROM pg_vision_memory WHERE pid = pg_backend_pid() AND model = 'efficientnet'").unwrap();
+        let row = Spi::get_one::<i64>(
+            "SELECT bytes FROM pg_vision_memory WHERE pid = pg_backend_pid() AND model = 'efficientnet'",
+        )
+        .unwrap();
         assert_eq!(row, Some(bytes));
 
         // A model that cannot fit even alone: 53200, and what was loaded stays loaded.
@@ -147,7 +167,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(towers.as_deref(), Some("image=true,text=true"));
-        let again = Spi::get_one::<bool>("SELECT bool_or(loaded_now) FROM pg_vision_warmup(ARRAY['clip_fixture'])").unwrap();
+        let again =
+            Spi::get_one::<bool>("SELECT bool_or(loaded_now) FROM pg_vision_warmup(ARRAY['clip_fixture'])").unwrap();
         assert_eq!(again, Some(false));
         Spi::run("SELECT pg_vision_unload()").unwrap();
     }

@@ -5,10 +5,11 @@ use pgrx::callconv::{BoxRet, FcInfo};
 use pgrx::datum::Datum;
 use std::cell::Cell;
 
-use pgrx::pg_sys;
 use pgrx::pg_guard;
-use pgrx::pgrx_sql_entity_graph::metadata::{ArgumentError, ReturnsError, ReturnsRef, SqlMappingRef, SqlTranslatable, TypeOrigin};
-
+use pgrx::pg_sys;
+use pgrx::pgrx_sql_entity_graph::metadata::{
+    ArgumentError, ReturnsError, ReturnsRef, SqlMappingRef, SqlTranslatable, TypeOrigin,
+};
 
 use pg_vision_core::{Error, Kind};
 
@@ -21,10 +22,16 @@ impl Vector {
     /// Rejects what pgvector itself would reject: NaN, infinity, empty or oversized vectors.
     pub fn checked(values: Vec<f32>) -> pg_vision_core::Result<Vector> {
         if values.is_empty() || values.len() > MAX_DIM {
-            return Err(Error::new(Kind::BadModel, format!("a vector must have 1 to {MAX_DIM} dimensions, got {}", values.len())));
+            return Err(Error::new(
+                Kind::BadModel,
+                format!("a vector must have 1 to {MAX_DIM} dimensions, got {}", values.len()),
+            ));
         }
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(Error::new(Kind::NonFinite, format!("vector value {} at position {i} is not finite", values[i])));
+            return Err(Error::new(
+                Kind::NonFinite,
+                format!("vector value {} at position {i} is not finite", values[i]),
+            ));
         }
         Ok(Vector(values))
     }
@@ -50,7 +57,12 @@ impl pgrx::IntoDatum for Vector {
 
     /// pgvector's type (`type_oid`). Only needed to build `vector[]` arrays.
     fn type_oid() -> pg_sys::Oid {
-        vector_type_oid().unwrap_or_else(|| crate::errors::raise(Error::new(Kind::BadModel, "pgvector's type \"vector\" was not found").with_hint("CREATE EXTENSION vector")))
+        vector_type_oid().unwrap_or_else(|| {
+            crate::errors::raise(
+                Error::new(Kind::BadModel, "pgvector's type \"vector\" was not found")
+                    .with_hint("CREATE EXTENSION vector"),
+            )
+        })
     }
 }
 
@@ -76,7 +88,13 @@ pub fn vector_type_oid() -> Option<pg_sys::Oid> {
     }
     if !CALLBACK.with(Cell::get) {
         // SAFETY: registers a plain function for TYPEOID invalidations, once per backend.
-        unsafe { pg_sys::CacheRegisterSyscacheCallback(pg_sys::SysCacheIdentifier::TYPEOID as _, Some(forget_vector_oid), pg_sys::Datum::from(0)) };
+        unsafe {
+            pg_sys::CacheRegisterSyscacheCallback(
+                pg_sys::SysCacheIdentifier::TYPEOID as _,
+                Some(forget_vector_oid),
+                pg_sys::Datum::from(0),
+            )
+        };
         CALLBACK.with(|c| c.set(true));
     }
     let oid = lookup_vector_type();
@@ -157,7 +175,8 @@ mod tests {
         // pgvector's own output function and operators read what we built.
         let text = Spi::get_one::<String>("SELECT tests.pgv_test_vector(ARRAY[1, 2.5, -3, 0.125])::text").unwrap();
         assert_eq!(text.as_deref(), Some("[1,2.5,-3,0.125]"));
-        let dims = Spi::get_one::<i32>("SELECT vector_dims(tests.pgv_test_vector(array_fill(0.5::real, ARRAY[1280])))").unwrap();
+        let dims = Spi::get_one::<i32>("SELECT vector_dims(tests.pgv_test_vector(array_fill(0.5::real, ARRAY[1280])))")
+            .unwrap();
         assert_eq!(dims, Some(1280));
         let eq = Spi::get_one::<bool>("SELECT tests.pgv_test_vector(ARRAY[3, 4]) = '[3,4]'::vector AND vector_norm(tests.pgv_test_vector(ARRAY[3, 4])) = 5").unwrap();
         assert_eq!(eq, Some(true));

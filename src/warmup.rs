@@ -32,7 +32,10 @@ use crate::guc;
 #[pg_extern(volatile, strict, parallel_unsafe)]
 fn pg_vision_warmup(
     models: Vec<String>,
-) -> TableIterator<'static, (name!(model, String), name!(tower, String), name!(bytes, i64), name!(load_ms, f64), name!(loaded_now, bool))> {
+) -> TableIterator<
+    'static,
+    (name!(model, String), name!(tower, String), name!(bytes, i64), name!(load_ms, f64), name!(loaded_now, bool)),
+> {
     let mut rows = Vec::new();
     for name in models {
         for w in cache::warm(&name).or_raise() {
@@ -58,7 +61,11 @@ fn preload() -> Vec<String> {
         match outcome {
             Ok(towers) => {
                 for w in towers.iter().filter(|w| w.loaded_now) {
-                    pgrx::debug1!("pg_vision: preloaded model \"{name}\" ({} tower) in {:.0} ms", w.tower.as_str(), w.load_ms);
+                    pgrx::debug1!(
+                        "pg_vision: preloaded model \"{name}\" ({} tower) in {:.0} ms",
+                        w.tower.as_str(),
+                        w.load_ms
+                    );
                 }
             }
             Err(e) => failures.push(format!("pg_vision.preload_models: cannot load model \"{name}\": {e}")),
@@ -113,7 +120,11 @@ unsafe extern "C-unwind" fn on_client_authentication(port: *mut pg_sys::Port, st
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn on_post_parse_analyze(pstate: *mut pg_sys::ParseState, query: *mut pg_sys::Query, jstate: *mut pg_sys::JumbleState) {
+unsafe extern "C-unwind" fn on_post_parse_analyze(
+    pstate: *mut pg_sys::ParseState,
+    query: *mut pg_sys::Query,
+    jstate: *mut pg_sys::JumbleState,
+) {
     // SAFETY: the previous hook, called as PostgreSQL would have.
     unsafe {
         if let Some(prev) = PREV_POST_PARSE_ANALYZE_HOOK {

@@ -34,7 +34,13 @@ fn turbo(bytes: &[u8], n: usize) -> (usize, usize) {
     let f = ScalingFactor::new(n, 8);
     d.set_scaling_factor(f).unwrap();
     let h = d.read_header(bytes).unwrap().scaled(f);
-    let mut img = Image { pixels: vec![0u8; 3 * h.width * h.height], width: h.width, pitch: 3 * h.width, height: h.height, format: PixelFormat::RGB };
+    let mut img = Image {
+        pixels: vec![0u8; 3 * h.width * h.height],
+        width: h.width,
+        pitch: 3 * h.width,
+        height: h.height,
+        format: PixelFormat::RGB,
+    };
     d.decompress(bytes, img.as_deref_mut()).unwrap();
     (h.width, h.height)
 }

@@ -39,7 +39,13 @@ pub fn never() -> bool {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { max_pixels: 50_000_000, max_bytes: 64 << 20, jpeg_dct_scaling: true, accept_damaged: false, stop: never }
+        Options {
+            max_pixels: 50_000_000,
+            max_bytes: 64 << 20,
+            jpeg_dct_scaling: true,
+            accept_damaged: false,
+            stop: never,
+        }
     }
 }
 
@@ -113,7 +119,15 @@ fn format_name(f: ImageFormat) -> &'static str {
 }
 
 fn is_supported(f: ImageFormat) -> bool {
-    matches!(f, ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP | ImageFormat::Gif | ImageFormat::Bmp | ImageFormat::Tiff)
+    matches!(
+        f,
+        ImageFormat::Jpeg
+            | ImageFormat::Png
+            | ImageFormat::WebP
+            | ImageFormat::Gif
+            | ImageFormat::Bmp
+            | ImageFormat::Tiff
+    )
 }
 
 /// Detects the format from the leading bytes. HEIC/HEIF (iPhone photos) is named even
@@ -123,7 +137,10 @@ pub fn detect_format(bytes: &[u8]) -> Result<ImageFormat> {
     if bytes.is_empty() {
         return Err(Error::new(Kind::InvalidImage, "image is empty (0 bytes)"));
     }
-    if bytes.len() >= 12 && &bytes[4..8] == b"ftyp" && matches!(&bytes[8..12], b"heic" | b"heix" | b"mif1" | b"msf1" | b"hevc") {
+    if bytes.len() >= 12
+        && &bytes[4..8] == b"ftyp"
+        && matches!(&bytes[8..12], b"heic" | b"heix" | b"mif1" | b"msf1" | b"hevc")
+    {
         return Err(unsupported("HEIC/HEIF"));
     }
     match image::guess_format(bytes) {
@@ -147,15 +164,26 @@ fn unsupported(name: &str) -> Error {
 
 fn decode_error(format: ImageFormat, e: image::ImageError) -> Error {
     match e {
-        image::ImageError::Limits(l) => Error::new(Kind::ImageTooLarge, format!("{} image exceeds the decoder's memory limit: {l}", format_name(format)))
-            .with_hint("lower the image's resolution before sending it"),
-        image::ImageError::Unsupported(u) => Error::new(Kind::UnsupportedFormat, format!("{} variant not supported: {u}", format_name(format)))
-            .with_hint(format!("re-encode it as a plain {SUPPORTED} image")),
-        image::ImageError::IoError(io) if io.get_ref().is_some_and(|e| e.is::<Stopped>()) => interrupted(),
-        image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            Error::new(Kind::InvalidImage, format!("{} image is truncated: its data ends before the picture does", format_name(format))).with_hint(DAMAGED_HINT)
+        image::ImageError::Limits(l) => Error::new(
+            Kind::ImageTooLarge,
+            format!("{} image exceeds the decoder's memory limit: {l}", format_name(format)),
+        )
+        .with_hint("lower the image's resolution before sending it"),
+        image::ImageError::Unsupported(u) => {
+            Error::new(Kind::UnsupportedFormat, format!("{} variant not supported: {u}", format_name(format)))
+                .with_hint(format!("re-encode it as a plain {SUPPORTED} image"))
         }
-        other => Error::new(Kind::InvalidImage, format!("cannot decode {} image (truncated or corrupt): {other}", format_name(format))).with_hint(DAMAGED_HINT),
+        image::ImageError::IoError(io) if io.get_ref().is_some_and(|e| e.is::<Stopped>()) => interrupted(),
+        image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => Error::new(
+            Kind::InvalidImage,
+            format!("{} image is truncated: its data ends before the picture does", format_name(format)),
+        )
+        .with_hint(DAMAGED_HINT),
+        other => Error::new(
+            Kind::InvalidImage,
+            format!("cannot decode {} image (truncated or corrupt): {other}", format_name(format)),
+        )
+        .with_hint(DAMAGED_HINT),
     }
 }
 
@@ -253,11 +281,17 @@ fn open<'a>(bytes: &'a [u8], limits: &Options) -> Result<(ImageFormat, impl Imag
 /// not pass its memory limits on), so a 600-byte file whose EXIF chunk declares 3 GB
 /// would make it ask for 3 GB, and a failed allocation aborts the process.
 fn check_webp_chunks(bytes: &[u8]) -> Result<()> {
-    let corrupt = |what: String| Error::new(Kind::InvalidImage, format!("WebP image is truncated or corrupt: {what}")).with_hint(DAMAGED_HINT);
+    let corrupt = |what: String| {
+        Error::new(Kind::InvalidImage, format!("WebP image is truncated or corrupt: {what}")).with_hint(DAMAGED_HINT)
+    };
     let u32_at = |i: usize| bytes.get(i..i + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64);
     let riff = u32_at(4).ok_or_else(|| corrupt("no RIFF header".into()))?;
     if riff + 8 > bytes.len() as u64 {
-        return Err(corrupt(format!("its RIFF header declares {} bytes, but only {} were given", riff + 8, bytes.len())));
+        return Err(corrupt(format!(
+            "its RIFF header declares {} bytes, but only {} were given",
+            riff + 8,
+            bytes.len()
+        )));
     }
     let end = (riff + 8) as usize;
     let mut at = 12;
@@ -283,7 +317,10 @@ pub fn from_base64(text: &str, max_bytes: u64) -> Result<Vec<u8>> {
         Some(url) => match url.split_once(',') {
             Some((meta, data)) if meta.ends_with(";base64") => data,
             _ => {
-                return Err(Error::new(Kind::InvalidArgument, "data: URL is not base64-encoded (expected data:<type>;base64,<data>)"))
+                return Err(Error::new(
+                    Kind::InvalidArgument,
+                    "data: URL is not base64-encoded (expected data:<type>;base64,<data>)",
+                ))
             }
         },
         None => text,
@@ -293,7 +330,8 @@ pub fn from_base64(text: &str, max_bytes: u64) -> Result<Vec<u8>> {
     // upper bound otherwise (a stray `=` or a non-ASCII byte counts as a character).
     let significant = || body.bytes().filter(|b| !b.is_ascii_whitespace());
     let chars = significant().count() as u64;
-    let padding = body.bytes().rev().filter(|b| !b.is_ascii_whitespace()).take(2).take_while(|b| *b == b'=').count() as u64;
+    let padding =
+        body.bytes().rev().filter(|b| !b.is_ascii_whitespace()).take(2).take_while(|b| *b == b'=').count() as u64;
     let decoded = (chars - padding) * 3 / 4;
     if decoded > max_bytes {
         return Err(Error::new(
@@ -305,7 +343,8 @@ pub fn from_base64(text: &str, max_bytes: u64) -> Result<Vec<u8>> {
     let clean: Vec<u8> = significant().collect();
     let engine = base64::engine::GeneralPurpose::new(
         &base64::alphabet::STANDARD,
-        base64::engine::GeneralPurposeConfig::new().with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
     );
     engine.decode(&clean).map_err(|e| {
         Error::new(Kind::InvalidArgument, format!("invalid base64 image ({} characters): {e}", clean.len()))
@@ -355,22 +394,32 @@ pub fn decode_rgb8(bytes: &[u8], alpha: Alpha, opts: &Options, min_short_side: u
         match jpeg::decode(bytes, min) {
             jpeg::Outcome::Decoded(j) => {
                 opts.check_stop()?;
-                let rgb = image::RgbImage::from_raw(j.width, j.height, j.data).expect("libjpeg-turbo fills width x height x 3 bytes");
+                let rgb = image::RgbImage::from_raw(j.width, j.height, j.data)
+                    .expect("libjpeg-turbo fills width x height x 3 bytes");
                 let img = oriented(rgb, orientation);
                 let (width, height) = (img.width(), img.height());
                 return Ok(Rgb8 { width, height, data: img.into_raw(), full_width, full_height, scale: j.scale });
             }
             jpeg::Outcome::Refused(e) => return Err(e),
             jpeg::Outcome::Damaged(message) if !opts.accept_damaged => {
-                let what = if message.contains("Premature end") { "truncated" } else { "corrupt (truncated or damaged data)" };
-                return Err(Error::new(Kind::InvalidImage, format!("JPEG image is {what}: libjpeg-turbo reports \"{message}\"")).with_hint(DAMAGED_HINT));
+                let what =
+                    if message.contains("Premature end") { "truncated" } else { "corrupt (truncated or damaged data)" };
+                return Err(Error::new(
+                    Kind::InvalidImage,
+                    format!("JPEG image is {what}: libjpeg-turbo reports \"{message}\""),
+                )
+                .with_hint(DAMAGED_HINT));
             }
             // Damaged but accepted, or a JPEG libjpeg-turbo does not take (CMYK/YCCK,
             // lossless): the general decoder, which fills what it cannot read.
             jpeg::Outcome::Damaged(_) | jpeg::Outcome::Declined => {
                 jpeg::check_scans(bytes, stored_w, stored_h)?;
                 if !opts.accept_damaged && !jpeg::has_end_marker(bytes) {
-                    return Err(Error::new(Kind::InvalidImage, "JPEG image is truncated: no end-of-image marker after its last scan").with_hint(DAMAGED_HINT));
+                    return Err(Error::new(
+                        Kind::InvalidImage,
+                        "JPEG image is truncated: no end-of-image marker after its last scan",
+                    )
+                    .with_hint(DAMAGED_HINT));
                 }
             }
         }
@@ -431,7 +480,8 @@ mod tests {
         let d = decode_rgb8(&png, Alpha::White, &Options::default(), 0).unwrap();
         assert_eq!((d.width, d.height), (4, 2));
         assert_eq!(&d.data[..6], &[255, 0, 0, 0, 0, 0]);
-        let jpg = encode(DynamicImage::ImageRgb8(RgbImage::from_pixel(16, 8, image::Rgb([200, 100, 50]))), ImageFormat::Jpeg);
+        let jpg =
+            encode(DynamicImage::ImageRgb8(RgbImage::from_pixel(16, 8, image::Rgb([200, 100, 50]))), ImageFormat::Jpeg);
         let d = decode_rgb8(&jpg, Alpha::White, &Options::default(), 0).unwrap();
         assert_eq!((d.width, d.height, d.data.len()), (16, 8, 16 * 8 * 3));
         assert!((d.data[0] as i32 - 200).abs() <= 3, "{}", d.data[0]);
@@ -457,9 +507,17 @@ mod tests {
         let e = decode_rgb8(&png, Alpha::White, &small, 0).unwrap_err();
         assert_eq!(e.kind, Kind::ImageTooLarge);
         assert!(e.message.contains("300x200 = 60000 pixels, over the limit of 59999"), "{}", e.message);
-        let e = decode_rgb8(&png, Alpha::White, &Options { max_pixels: 1 << 30, max_bytes: 10, ..Options::default() }, 0).unwrap_err();
+        let e =
+            decode_rgb8(&png, Alpha::White, &Options { max_pixels: 1 << 30, max_bytes: 10, ..Options::default() }, 0)
+                .unwrap_err();
         assert_eq!(e.kind, Kind::ImageTooLarge);
-        assert!(decode_rgb8(&png, Alpha::White, &Options { max_pixels: 60_000, max_bytes: 1 << 20, ..Options::default() }, 0).is_ok());
+        assert!(decode_rgb8(
+            &png,
+            Alpha::White,
+            &Options { max_pixels: 60_000, max_bytes: 1 << 20, ..Options::default() },
+            0
+        )
+        .is_ok());
     }
 
     #[test]
@@ -469,7 +527,14 @@ mod tests {
         }
         let stopping = Options { stop: always, ..Options::default() };
         let img = DynamicImage::ImageRgb8(RgbImage::from_fn(300, 200, |x, y| image::Rgb([x as u8, y as u8, 9])));
-        for f in [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::Gif, ImageFormat::Bmp, ImageFormat::Tiff, ImageFormat::WebP] {
+        for f in [
+            ImageFormat::Png,
+            ImageFormat::Jpeg,
+            ImageFormat::Gif,
+            ImageFormat::Bmp,
+            ImageFormat::Tiff,
+            ImageFormat::WebP,
+        ] {
             let bytes = encode(img.clone(), f);
             for alpha in [Alpha::White, Alpha::Drop] {
                 let e = decode_rgb8(&bytes, alpha, &stopping, 0).unwrap_err();
@@ -482,7 +547,8 @@ mod tests {
                 POLLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 1
             }
             POLLS.store(0, std::sync::atomic::Ordering::SeqCst);
-            let e = decode_rgb8(&bytes, Alpha::White, &Options { stop: after_first, ..Options::default() }, 0).unwrap_err();
+            let e =
+                decode_rgb8(&bytes, Alpha::White, &Options { stop: after_first, ..Options::default() }, 0).unwrap_err();
             assert_eq!(e.kind, Kind::Interrupted, "{f:?}: {e}");
         }
     }
@@ -491,12 +557,16 @@ mod tests {
     fn webp_chunks_larger_than_the_file_are_refused_before_decoding() {
         // Found by cargo fuzz: an EXIF chunk declaring 2,969,567,258 bytes in 594 bytes.
         let bomb = include_bytes!("../fuzz/regressions/decode_preprocess/oom-webp-exif-chunk-2969567258-bytes.webp");
-        for e in [info(bomb, &Options::default()).unwrap_err(), decode_rgb8(bomb, Alpha::White, &Options::default(), 0).unwrap_err()] {
+        for e in [
+            info(bomb, &Options::default()).unwrap_err(),
+            decode_rgb8(bomb, Alpha::White, &Options::default(), 0).unwrap_err(),
+        ] {
             assert_eq!(e.kind, Kind::InvalidImage, "{e}");
             assert!(e.message.contains("chunk declares 2969567258 bytes"), "{e}");
         }
         // Real WebPs pass, lossy and lossless.
-        let img = DynamicImage::ImageRgba8(image::RgbaImage::from_fn(33, 17, |x, y| image::Rgba([x as u8, y as u8, 7, 200])));
+        let img =
+            DynamicImage::ImageRgba8(image::RgbaImage::from_fn(33, 17, |x, y| image::Rgba([x as u8, y as u8, 7, 200])));
         let webp = encode(img, ImageFormat::WebP);
         check_webp_chunks(&webp).unwrap();
         assert!(decode_rgb8(&webp, Alpha::White, &Options::default(), 0).is_ok());
@@ -520,7 +590,8 @@ mod tests {
 
     #[test]
     fn truncated_jpegs_are_refused_unless_accepted() {
-        let img = DynamicImage::ImageRgb8(RgbImage::from_fn(256, 192, |x, y| image::Rgb([x as u8, y as u8, (x ^ y) as u8])));
+        let img =
+            DynamicImage::ImageRgb8(RgbImage::from_fn(256, 192, |x, y| image::Rgb([x as u8, y as u8, (x ^ y) as u8])));
         let jpg = encode(img, ImageFormat::Jpeg);
         let cut = &jpg[..jpg.len() * 6 / 10];
         let e = decode_rgb8(cut, Alpha::White, &Options::default(), 0).unwrap_err();
@@ -547,7 +618,10 @@ mod tests {
         let qoi = b"qoif\0\0\0\x01\0\0\0\x01\x03\0";
         assert_eq!(detect_format(qoi).unwrap_err().kind, Kind::UnsupportedFormat);
         // A PNG cut in half: header parses, pixel data does not.
-        let png = encode(DynamicImage::ImageRgb8(RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8, y as u8, 7]))), ImageFormat::Png);
+        let png = encode(
+            DynamicImage::ImageRgb8(RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8, y as u8, 7]))),
+            ImageFormat::Png,
+        );
         let e = decode_rgb8(&png[..png.len() / 2], Alpha::White, &Options::default(), 0).unwrap_err();
         assert_eq!(e.kind, Kind::InvalidImage, "{e}");
     }

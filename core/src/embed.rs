@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use crate::decode::{self, Options};
 use crate::error::Result;
-use crate::manifest::Manifest;
 use crate::error::{Error, Kind};
+use crate::manifest::Manifest;
 use crate::model::{Model, Run};
 use crate::preprocess;
 
@@ -18,7 +18,12 @@ pub struct Timings {
 }
 
 /// Embeds one image; `output` selects an extra output instead of the embedding.
-pub fn embed_image(model: &mut Model, bytes: &[u8], opts: &Options, output: Option<&str>) -> Result<(Vec<f32>, Timings)> {
+pub fn embed_image(
+    model: &mut Model,
+    bytes: &[u8],
+    opts: &Options,
+    output: Option<&str>,
+) -> Result<(Vec<f32>, Timings)> {
     let mut t = Timings::default();
     let start = Instant::now();
     let img = decode::decode_rgb8(bytes, model.manifest.alpha, opts, preprocess::min_decode_side(&model.manifest))?;
@@ -39,7 +44,14 @@ pub fn embed_image(model: &mut Model, bytes: &[u8], opts: &Options, output: Opti
 /// per image, packed). Pure Rust work: the threads never call back into the host, and
 /// they start with every signal blocked (`runtime::with_signals_blocked`).
 /// `first` is the 1-based position of `images[0]` in the caller's input, for error messages.
-pub fn prepare_parallel(m: &Manifest, images: &[&[u8]], first: usize, opts: &Options, threads: usize, out: &mut [f32]) -> Result<()> {
+pub fn prepare_parallel(
+    m: &Manifest,
+    images: &[&[u8]],
+    first: usize,
+    opts: &Options,
+    threads: usize,
+    out: &mut [f32],
+) -> Result<()> {
     let len = preprocess::tensor_len(m);
     let prepare = |bytes: &[u8], slot: &mut [f32]| -> Result<()> {
         let img = decode::decode_rgb8(bytes, m.alpha, opts, preprocess::min_decode_side(m))?;
@@ -62,7 +74,10 @@ pub fn prepare_parallel(m: &Manifest, images: &[&[u8]], first: usize, opts: &Opt
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::new(Kind::InvalidImage, "image decoding panicked")))).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(Error::new(Kind::InvalidImage, "image decoding panicked"))))
+                .collect()
         })
     });
     // An interrupt wins over image errors (the host raises its own error); otherwise the
@@ -106,7 +121,13 @@ pub fn decode_threads(model_threads: usize) -> usize {
 /// run; when it fires, the producer is stopped and joined before this returns
 /// `Kind::Interrupted`, so no thread outlives the call. An unwinding panic stops the
 /// producer the same way: it is blocked sending into a channel whose receiver is gone.
-pub fn embed_images(model: &mut Model, images: &[&[u8]], opts: &Options, batch: usize, threads: usize) -> Result<Vec<Vec<f32>>> {
+pub fn embed_images(
+    model: &mut Model,
+    images: &[&[u8]],
+    opts: &Options,
+    batch: usize,
+    threads: usize,
+) -> Result<Vec<Vec<f32>>> {
     check_batch(batch)?;
     let manifest = model.manifest.clone();
     let len = preprocess::tensor_len(&manifest);
@@ -122,8 +143,9 @@ pub fn embed_images(model: &mut Model, images: &[&[u8]], opts: &Options, batch: 
         crate::runtime::with_signals_blocked(|| {
             s.spawn(move || {
                 for (b, chunk) in images.chunks(batch).enumerate() {
-                    let prepared = batch_tensor(chunk.len() * len)
-                        .and_then(|mut input| prepare_parallel(manifest, chunk, 1 + b * batch, opts, threads, &mut input).map(|()| input));
+                    let prepared = batch_tensor(chunk.len() * len).and_then(|mut input| {
+                        prepare_parallel(manifest, chunk, 1 + b * batch, opts, threads, &mut input).map(|()| input)
+                    });
                     let failed = prepared.is_err();
                     if tx.send(prepared).is_err() || failed {
                         break;
@@ -133,9 +155,14 @@ pub fn embed_images(model: &mut Model, images: &[&[u8]], opts: &Options, batch: 
         });
         for b in 0..batches {
             opts.check_stop()?;
-            let input = ready.recv().map_err(|_| Error::new(Kind::InvalidImage, "image decoding stopped unexpectedly"))??;
+            let input =
+                ready.recv().map_err(|_| Error::new(Kind::InvalidImage, "image decoding stopped unexpectedly"))??;
             let last = b + 1 == batches;
-            vectors.extend(model.run(&input, input.len() / len, Run { shrink_arena: last, stop: opts.stop, ..Run::default() })?);
+            vectors.extend(model.run(
+                &input,
+                input.len() / len,
+                Run { shrink_arena: last, stop: opts.stop, ..Run::default() },
+            )?);
         }
         Ok(())
     })?;
@@ -152,7 +179,9 @@ pub fn check_batch(batch: usize) -> Result<()> {
     }
     if batch > MAX_BATCH {
         return Err(Error::new(Kind::LimitExceeded, format!("batch size {batch} is over the limit of {MAX_BATCH}"))
-            .with_hint(format!("use a batch size of 1 to {MAX_BATCH}: larger batches are not faster on CPU, only bigger in memory")));
+            .with_hint(format!(
+                "use a batch size of 1 to {MAX_BATCH}: larger batches are not faster on CPU, only bigger in memory"
+            )));
     }
     Ok(())
 }
@@ -175,7 +204,9 @@ mod tests {
     use std::io::Cursor;
 
     fn png(w: u32, h: u32, seed: u8) -> Vec<u8> {
-        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x as u8).wrapping_mul(seed), (y as u8).wrapping_add(seed), seed]));
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x as u8).wrapping_mul(seed), (y as u8).wrapping_add(seed), seed])
+        });
         let mut out = Cursor::new(Vec::new());
         img.write_to(&mut out, image::ImageFormat::Png).unwrap();
         out.into_inner()
@@ -196,7 +227,12 @@ mod tests {
         prepare_parallel(&m, &refs, 1, &Options::default(), 3, &mut parallel).unwrap();
         for (i, f) in refs.iter().enumerate() {
             let mut one = vec![0f32; len];
-            preprocess::preprocess(&decode::decode_rgb8(f, m.alpha, &Options::default(), preprocess::min_decode_side(&m)).unwrap(), &m, &mut one).unwrap();
+            preprocess::preprocess(
+                &decode::decode_rgb8(f, m.alpha, &Options::default(), preprocess::min_decode_side(&m)).unwrap(),
+                &m,
+                &mut one,
+            )
+            .unwrap();
             assert_eq!(&parallel[i * len..(i + 1) * len], &one[..], "image {i}");
         }
     }
@@ -217,7 +253,10 @@ mod tests {
     #[test]
     fn embed_images_equals_single_and_stops_if_available() {
         let dir = crate::testing::models_dir();
-        let Some(library) = crate::testing::ort_child("embed::tests::embed_images_equals_single_and_stops_if_available", &[&dir.join("efficientnet-lite0.onnx")]) else {
+        let Some(library) = crate::testing::ort_child(
+            "embed::tests::embed_images_equals_single_and_stops_if_available",
+            &[&dir.join("efficientnet-lite0.onnx")],
+        ) else {
             return;
         };
         let opts = crate::model::SessionOptions { library, intra_threads: 1 };
@@ -249,7 +288,10 @@ mod tests {
         assert_eq!(e.kind, Kind::Interrupted, "{e}");
         // Batch limits are checked before any work.
         assert_eq!(embed_images(&mut model, &refs, &Options::default(), 0, 2).unwrap_err().kind, Kind::InvalidArgument);
-        assert_eq!(embed_images(&mut model, &refs, &Options::default(), MAX_BATCH + 1, 2).unwrap_err().kind, Kind::LimitExceeded);
+        assert_eq!(
+            embed_images(&mut model, &refs, &Options::default(), MAX_BATCH + 1, 2).unwrap_err().kind,
+            Kind::LimitExceeded
+        );
 
         // A bad image fails the call with its position, whichever batch it is in.
         let mut bad = refs.clone();

@@ -85,13 +85,24 @@ pub fn decode(bytes: &[u8], min_short_side: u32) -> Outcome {
     let len = 3 * scaled.width * scaled.height;
     let mut pixels = Vec::new();
     if pixels.try_reserve_exact(len).is_err() {
-        return Outcome::Refused(Error::new(Kind::OutOfMemory, format!("out of memory for a {}x{} JPEG ({len} bytes)", scaled.width, scaled.height)));
+        return Outcome::Refused(Error::new(
+            Kind::OutOfMemory,
+            format!("out of memory for a {}x{} JPEG ({len} bytes)", scaled.width, scaled.height),
+        ));
     }
     pixels.resize(len, 0u8);
-    let mut image = Image { pixels, width: scaled.width, pitch: 3 * scaled.width, height: scaled.height, format: PixelFormat::RGB };
+    let mut image =
+        Image { pixels, width: scaled.width, pitch: 3 * scaled.width, height: scaled.height, format: PixelFormat::RGB };
     match d.decompress(bytes, image.as_deref_mut()) {
-        Ok(()) => Outcome::Decoded(Decoded { width: scaled.width as u32, height: scaled.height as u32, data: image.pixels, scale: n as f64 / 8.0 }),
-        Err(turbojpeg::Error::TurboJpegError(message)) if message.contains("more than") && message.contains("scans") => {
+        Ok(()) => Outcome::Decoded(Decoded {
+            width: scaled.width as u32,
+            height: scaled.height as u32,
+            data: image.pixels,
+            scale: n as f64 / 8.0,
+        }),
+        Err(turbojpeg::Error::TurboJpegError(message))
+            if message.contains("more than") && message.contains("scans") =>
+        {
             Outcome::Refused(too_many_scans(scans, w, h))
         }
         Err(turbojpeg::Error::TurboJpegError(message)) => Outcome::Damaged(message),
@@ -100,8 +111,13 @@ pub fn decode(bytes: &[u8], min_short_side: u32) -> Outcome {
 }
 
 fn too_many_scans(limit: u32, w: u32, h: u32) -> Error {
-    Error::new(Kind::LimitExceeded, format!("progressive JPEG has more than {limit} scans, the limit for a {w}x{h} image"))
-        .with_hint("re-encode it: real encoders write at most a few dozen scans, and many thousands make decoding take minutes")
+    Error::new(
+        Kind::LimitExceeded,
+        format!("progressive JPEG has more than {limit} scans, the limit for a {w}x{h} image"),
+    )
+    .with_hint(
+        "re-encode it: real encoders write at most a few dozen scans, and many thousands make decoding take minutes",
+    )
 }
 
 /// Start-of-scan markers (FF DA) in the file: its scans (and an EXIF thumbnail's).

@@ -12,9 +12,9 @@ pub mod memory;
 pub mod model;
 pub mod preprocess;
 pub mod runtime;
-pub mod text;
 #[cfg(test)]
 mod testing;
+pub mod text;
 
 pub use error::{Error, Kind, Result};
 pub use image;

@@ -108,8 +108,9 @@ pub fn check_model_name(name: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::new(Kind::UnknownModel, format!("invalid model name \"{name}\""))
-            .with_hint("model names use lower-case letters, digits, '_' and '-'; SELECT * FROM pg_vision_models() lists them"))
+        Err(Error::new(Kind::UnknownModel, format!("invalid model name \"{name}\"")).with_hint(
+            "model names use lower-case letters, digits, '_' and '-'; SELECT * FROM pg_vision_models() lists them",
+        ))
     }
 }
 
@@ -158,7 +159,13 @@ impl Manifest {
             .filter(|n| check_model_name(n).is_ok())
             .collect();
         names.sort();
-        Ok(names.into_iter().map(|n| { let m = Manifest::load(dir, &n); (n, m) }).collect())
+        Ok(names
+            .into_iter()
+            .map(|n| {
+                let m = Manifest::load(dir, &n);
+                (n, m)
+            })
+            .collect())
     }
 
     pub fn onnx_path(&self, dir: &Path) -> PathBuf {
@@ -170,7 +177,8 @@ impl Manifest {
         match which {
             None | Some("embedding") => Ok((&self.output_name, self.dim)),
             Some(extra) => self.extra_outputs.get(extra).map(|o| (o.output_name.as_str(), o.dim)).ok_or_else(|| {
-                let known: Vec<&str> = std::iter::once("embedding").chain(self.extra_outputs.keys().map(String::as_str)).collect();
+                let known: Vec<&str> =
+                    std::iter::once("embedding").chain(self.extra_outputs.keys().map(String::as_str)).collect();
                 Error::new(Kind::InvalidArgument, format!("model \"{}\" has no output \"{extra}\"", self.name))
                     .with_hint(format!("its outputs are: {}", known.join(", ")))
             }),
@@ -178,16 +186,23 @@ impl Manifest {
     }
 
     fn validate(&self, origin: &Path) -> Result<()> {
-        let bad = |what: String| Err(Error::new(Kind::BadModel, format!("model manifest {}: {what}", origin.display())));
+        let bad =
+            |what: String| Err(Error::new(Kind::BadModel, format!("model manifest {}: {what}", origin.display())));
         check_model_name(&self.name)?;
         if self.onnx_file.contains('/') || self.onnx_file.contains("..") {
-            return bad(format!("onnx_file \"{}\" must be a plain file name inside the model directory", self.onnx_file));
+            return bad(format!(
+                "onnx_file \"{}\" must be a plain file name inside the model directory",
+                self.onnx_file
+            ));
         }
         if self.width == 0 || self.height == 0 || self.width > 4096 || self.height > 4096 {
             return bad(format!("input size {}x{} must be between 1 and 4096", self.width, self.height));
         }
         if self.resize.size > 0 && self.resize.size < self.width.max(self.height) && self.crop == Crop::Center {
-            return bad(format!("resize.size {} is smaller than the {}x{} crop", self.resize.size, self.width, self.height));
+            return bad(format!(
+                "resize.size {} is smaller than the {}x{} crop",
+                self.resize.size, self.width, self.height
+            ));
         }
         if self.resize.mode == ResizeMode::ShortestSide && self.resize.size == 0 {
             return bad("resize.size must be set for mode shortest_side".into());
@@ -195,7 +210,10 @@ impl Manifest {
         if self.resize.size > 0 && self.crop == Crop::None {
             return bad("resize.size needs crop \"center\" to reach the fixed input size".into());
         }
-        if self.std.iter().any(|s| !s.is_finite() || *s == 0.0) || self.mean.iter().any(|m| !m.is_finite()) || !self.scale.is_finite() {
+        if self.std.iter().any(|s| !s.is_finite() || *s == 0.0)
+            || self.mean.iter().any(|m| !m.is_finite())
+            || !self.scale.is_finite()
+        {
             return bad("scale, mean and std must be finite and std non-zero".into());
         }
         if self.dim == 0 || self.dim > 16000 {

@@ -68,8 +68,11 @@ impl Model {
         let file_bytes = match std::fs::metadata(&onnx) {
             Ok(md) => md.len(),
             Err(e) => {
-                return Err(Error::new(Kind::FileMissing, format!("model \"{name}\": weights file {} is missing ({e})", onnx.display()))
-                    .with_hint(format!("create it with: {}", manifest.fetch_hint)));
+                return Err(Error::new(
+                    Kind::FileMissing,
+                    format!("model \"{name}\": weights file {} is missing ({e})", onnx.display()),
+                )
+                .with_hint(format!("create it with: {}", manifest.fetch_hint)));
             }
         };
         let session = build_session(&onnx, opts, &format!("model \"{name}\": cannot load {}", onnx.display()))?;
@@ -83,15 +86,31 @@ impl Model {
         let m = &self.manifest;
         let inputs: Vec<&str> = self.session.inputs().iter().map(|i| i.name()).collect();
         if !inputs.contains(&m.input_name.as_str()) {
-            return Err(Error::new(Kind::BadModel, format!("model \"{}\": the ONNX graph has no input \"{}\" (it has: {})", m.name, m.input_name, inputs.join(", ")))
-                .with_hint("fix input_name in the model's manifest"));
+            return Err(Error::new(
+                Kind::BadModel,
+                format!(
+                    "model \"{}\": the ONNX graph has no input \"{}\" (it has: {})",
+                    m.name,
+                    m.input_name,
+                    inputs.join(", ")
+                ),
+            )
+            .with_hint("fix input_name in the model's manifest"));
         }
         let outputs: Vec<&str> = self.session.outputs().iter().map(|o| o.name()).collect();
-        let declared = std::iter::once(m.output_name.as_str()).chain(m.extra_outputs.values().map(|o| o.output_name.as_str()));
+        let declared =
+            std::iter::once(m.output_name.as_str()).chain(m.extra_outputs.values().map(|o| o.output_name.as_str()));
         for name in declared {
             if !outputs.contains(&name) {
-                return Err(Error::new(Kind::BadModel, format!("model \"{}\": the ONNX graph has no output \"{name}\" (it has: {})", m.name, outputs.join(", ")))
-                    .with_hint("fix output_name / extra_outputs in the model's manifest"));
+                return Err(Error::new(
+                    Kind::BadModel,
+                    format!(
+                        "model \"{}\": the ONNX graph has no output \"{name}\" (it has: {})",
+                        m.name,
+                        outputs.join(", ")
+                    ),
+                )
+                .with_hint("fix output_name / extra_outputs in the model's manifest"));
             }
         }
         Ok(())
@@ -112,19 +131,23 @@ impl Model {
             crate::manifest::Layout::NHWC => [batch, m.height as usize, m.width as usize, 3],
         };
         let input_name = m.input_name.clone();
-        let tensor = TensorRef::from_array_view((shape, input)).map_err(ort_err(Kind::Inference, "cannot build the input tensor"))?;
+        let tensor = TensorRef::from_array_view((shape, input))
+            .map_err(ort_err(Kind::Inference, "cannot build the input tensor"))?;
         let context = format!("model \"{name}\" failed to run");
         let mut options = RunOptions::new().map_err(ort_err(Kind::Inference, &context))?;
         if how.shrink_arena {
             options.set("memory.enable_memory_arena_shrinkage", "cpu:0").map_err(ort_err(Kind::Inference, &context))?;
         }
         let session = &mut self.session;
-        let outputs = stoppable(&options, how.stop, || session.run_with_options(ort::inputs![input_name.as_str() => tensor], &options), |e| {
-            Error::new(Kind::Inference, format!("{context}: {e}"))
+        let outputs = stoppable(
+            &options,
+            how.stop,
+            || session.run_with_options(ort::inputs![input_name.as_str() => tensor], &options),
+            |e| Error::new(Kind::Inference, format!("{context}: {e}")),
+        )?;
+        let (shape, values) = outputs[out_name.as_str()].try_extract_tensor::<f32>().map_err(|e| {
+            Error::new(Kind::BadModel, format!("model \"{name}\": output \"{out_name}\" is not a float32 tensor: {e}"))
         })?;
-        let (shape, values) = outputs[out_name.as_str()]
-            .try_extract_tensor::<f32>()
-            .map_err(|e| Error::new(Kind::BadModel, format!("model \"{name}\": output \"{out_name}\" is not a float32 tensor: {e}")))?;
         split_output(&name, &format!("output \"{out_name}\""), "image", &shape[..], values, batch, dim, l2)
     }
 }
@@ -208,8 +231,11 @@ pub(crate) fn split_output(
     for (i, v) in values.chunks_exact(dim).enumerate() {
         let mut v = v.to_vec();
         if let Some(pos) = v.iter().position(|x| !x.is_finite()) {
-            return Err(Error::new(Kind::NonFinite, format!("model \"{model}\" produced {} at position {pos} of {item} {}", v[pos], i + 1))
-                .with_hint("the model or its manifest's normalisation is broken; the vector was not stored"));
+            return Err(Error::new(
+                Kind::NonFinite,
+                format!("model \"{model}\" produced {} at position {pos} of {item} {}", v[pos], i + 1),
+            )
+            .with_hint("the model or its manifest's normalisation is broken; the vector was not stored"));
         }
         if l2 {
             l2_normalize(&mut v);

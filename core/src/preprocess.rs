@@ -42,7 +42,8 @@ pub fn geometry(m: &Manifest, w: u32, h: u32) -> Geometry {
             }
         }
     };
-    let offset = |resized: u64, crop: u32| ((resized.saturating_sub(crop as u64)) as f64 / 2.0).round_ties_even() as u64;
+    let offset =
+        |resized: u64, crop: u32| ((resized.saturating_sub(crop as u64)) as f64 / 2.0).round_ties_even() as u64;
     match m.crop {
         Crop::Center => Geometry { resized_w: rw, resized_h: rh, left: offset(rw, m.width), top: offset(rh, m.height) },
         Crop::None => Geometry { resized_w: rw, resized_h: rh, left: 0, top: 0 },
@@ -103,7 +104,12 @@ pub fn resize_crop(img: &Rgb8, m: &Manifest) -> Result<Vec<u8>> {
 
     // Pass 2, vertical: to the crop's height, rows counted from row0.
     let mut dst = Image::new(m.width, m.height, PixelType::U8x3);
-    let v_opts = ResizeOptions::new().resize_alg(alg).crop(0.0, g.top as f64 * sy - row0 as f64, m.width as f64, m.height as f64 * sy);
+    let v_opts = ResizeOptions::new().resize_alg(alg).crop(
+        0.0,
+        g.top as f64 * sy - row0 as f64,
+        m.width as f64,
+        m.height as f64 * sy,
+    );
     Resizer::new().resize(&wide, &mut dst, &v_opts).map_err(internal)?;
     Ok(dst.into_vec())
 }
@@ -279,7 +285,13 @@ mod tests {
     fn crop_matches_full_resize_then_crop() {
         // Resizing only the crop window must equal resizing everything and cutting it out.
         let (w, h) = (97u32, 61u32);
-        let data: Vec<u8> = (0..w * h).flat_map(|i| { let x = i % w; let y = i / w; [(x * 2) as u8, (y * 4) as u8, ((x * y) % 251) as u8] }).collect();
+        let data: Vec<u8> = (0..w * h)
+            .flat_map(|i| {
+                let x = i % w;
+                let y = i / w;
+                [(x * 2) as u8, (y * 4) as u8, ((x * y) % 251) as u8]
+            })
+            .collect();
         let img = Rgb8::new(w, h, data);
         let mut m = manifest(Layout::NCHW, ColorOrder::RGB, ResizeMode::ShortestSide, 40, Crop::Center);
         m.width = 32;

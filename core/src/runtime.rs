@@ -31,8 +31,11 @@ pub fn environment(library: &Path) -> Result<&'static Environment> {
         return check_same(rt, library).map(|_| &rt.env);
     }
     if !library.is_absolute() {
-        return Err(Error::new(Kind::FileMissing, format!("ONNX Runtime library path \"{}\" is not absolute", library.display()))
-            .with_hint("set pg_vision.onnxruntime_library to an absolute path"));
+        return Err(Error::new(
+            Kind::FileMissing,
+            format!("ONNX Runtime library path \"{}\" is not absolute", library.display()),
+        )
+        .with_hint("set pg_vision.onnxruntime_library to an absolute path"));
     }
     if !library.is_file() {
         return Err(Error::new(Kind::FileMissing, format!("ONNX Runtime library {} does not exist", library.display()))
@@ -64,7 +67,11 @@ fn check_same(rt: &Runtime, library: &Path) -> Result<()> {
     } else {
         Err(Error::new(
             Kind::RuntimeLoad,
-            format!("this session already loaded ONNX Runtime from {}; it cannot switch to {}", rt.library.display(), library.display()),
+            format!(
+                "this session already loaded ONNX Runtime from {}; it cannot switch to {}",
+                rt.library.display(),
+                library.display()
+            ),
         )
         .with_hint("open a new connection for the new pg_vision.onnxruntime_library to take effect"))
     }

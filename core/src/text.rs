@@ -168,20 +168,29 @@ pub struct TextManifest {
 impl TextManifest {
     /// Checks the section; `image_dim` is the manifest's (image) `dim`.
     pub fn validate(&self, image_dim: usize, origin: &Path) -> Result<()> {
-        let bad = |what: String| Err(Error::new(Kind::BadModel, format!("model manifest {}: text.{what}", origin.display())));
+        let bad =
+            |what: String| Err(Error::new(Kind::BadModel, format!("model manifest {}: text.{what}", origin.display())));
         if self.onnx_file.is_empty() || self.onnx_file.contains('/') || self.onnx_file.contains("..") {
-            return bad(format!("onnx_file \"{}\" must be a plain file name inside the model directory", self.onnx_file));
+            return bad(format!(
+                "onnx_file \"{}\" must be a plain file name inside the model directory",
+                self.onnx_file
+            ));
         }
         if self.input_name.is_empty() || self.output_name.is_empty() {
             return bad("input_name and output_name must not be empty".into());
         }
         if let Some(mask) = &self.attention_mask_name {
             if mask.is_empty() || *mask == self.input_name {
-                return bad(format!("attention_mask_name \"{mask}\" must be null or a tensor name other than input_name"));
+                return bad(format!(
+                    "attention_mask_name \"{mask}\" must be null or a tensor name other than input_name"
+                ));
             }
         }
         if !(2..=MAX_CONTEXT_LENGTH).contains(&self.context_length) {
-            return bad(format!("context_length {} must be between 2 and {MAX_CONTEXT_LENGTH} (CLIP uses 77)", self.context_length));
+            return bad(format!(
+                "context_length {} must be between 2 and {MAX_CONTEXT_LENGTH} (CLIP uses 77)",
+                self.context_length
+            ));
         }
         if self.dim != image_dim {
             return bad(format!(
@@ -361,7 +370,11 @@ pub fn tokenize(text: &str, context_length: usize) -> Result<(Vec<i64>, Vec<i64>
 /// polled between the phases of the work and every `POLL_WORDS` words (and every 64 Ki
 /// characters of the clean-up), so a call returns within a few milliseconds of the
 /// request (release build; module docs).
-pub fn tokenize_checked(text: &str, context_length: usize, stop: &dyn Fn() -> bool) -> Result<(Vec<i64>, Vec<i64>, bool)> {
+pub fn tokenize_checked(
+    text: &str,
+    context_length: usize,
+    stop: &dyn Fn() -> bool,
+) -> Result<(Vec<i64>, Vec<i64>, bool)> {
     if !(2..=MAX_CONTEXT_LENGTH).contains(&context_length) {
         return Err(Error::new(
             Kind::InvalidArgument,
@@ -374,7 +387,10 @@ pub fn tokenize_checked(text: &str, context_length: usize, stop: &dyn Fn() -> bo
             Kind::LimitExceeded,
             format!("text is {} bytes, over the limit of {MAX_TEXT_BYTES} bytes for one text", text.len()),
         )
-        .with_hint(format!("the model reads only the first {room} tokens (about {} characters); send a shorter text", room * 4)));
+        .with_hint(format!(
+            "the model reads only the first {room} tokens (about {} characters); send a shorter text",
+            room * 4
+        )));
     }
     check(stop)?;
     let text = clean_text_checked(text, stop)?.to_lowercase();
@@ -427,14 +443,23 @@ impl TextModel {
     /// Builds a session for the text tower `text` of model `name` (manifest already
     /// validated) from `<dir>/<text.onnx_file>`, with the same options and signal blocking
     /// as the image tower (`Model::load`). `fetch_hint` is quoted when the file is missing.
-    pub fn load(dir: &Path, name: &str, fetch_hint: &str, text: TextManifest, opts: &SessionOptions) -> Result<TextModel> {
+    pub fn load(
+        dir: &Path,
+        name: &str,
+        fetch_hint: &str,
+        text: TextManifest,
+        opts: &SessionOptions,
+    ) -> Result<TextModel> {
         let start = Instant::now();
         let onnx = text.onnx_path(dir);
         let file_bytes = match std::fs::metadata(&onnx) {
             Ok(md) => md.len(),
             Err(e) => {
-                return Err(Error::new(Kind::FileMissing, format!("model \"{name}\": text weights file {} is missing ({e})", onnx.display()))
-                    .with_hint(format!("create it with: {fetch_hint}")));
+                return Err(Error::new(
+                    Kind::FileMissing,
+                    format!("model \"{name}\": text weights file {} is missing ({e})", onnx.display()),
+                )
+                .with_hint(format!("create it with: {fetch_hint}")));
             }
         };
         let context = format!("model \"{name}\": cannot load the text tower {}", onnx.display());
@@ -451,22 +476,46 @@ impl TextModel {
         let names: Vec<&str> = inputs.iter().map(|i| i.name()).collect();
         for wanted in std::iter::once(&m.input_name).chain(m.attention_mask_name.as_ref()) {
             let Some(input) = inputs.iter().find(|i| i.name() == wanted) else {
-                return Err(Error::new(Kind::BadModel, format!("model \"{name}\": the text graph has no input \"{wanted}\" (it has: {})", names.join(", ")))
-                    .with_hint("fix text.input_name / text.attention_mask_name in the model's manifest"));
+                return Err(Error::new(
+                    Kind::BadModel,
+                    format!(
+                        "model \"{name}\": the text graph has no input \"{wanted}\" (it has: {})",
+                        names.join(", ")
+                    ),
+                )
+                .with_hint("fix text.input_name / text.attention_mask_name in the model's manifest"));
             };
             if input.dtype().tensor_type() != Some(TensorElementType::Int64) {
-                return Err(Error::new(Kind::BadModel, format!("model \"{name}\": text input \"{wanted}\" is {:?}, not an int64 tensor", input.dtype()))
-                    .with_hint("CLIP text towers take int64 token ids; re-export the model"));
+                return Err(Error::new(
+                    Kind::BadModel,
+                    format!("model \"{name}\": text input \"{wanted}\" is {:?}, not an int64 tensor", input.dtype()),
+                )
+                .with_hint("CLIP text towers take int64 token ids; re-export the model"));
             }
         }
         if names.len() > 1 + usize::from(m.attention_mask_name.is_some()) {
-            return Err(Error::new(Kind::BadModel, format!("model \"{name}\": the text graph has inputs ({}) that the manifest does not feed", names.join(", ")))
-                .with_hint("declare the attention mask in text.attention_mask_name, or re-export the model with input_ids only"));
+            return Err(Error::new(
+                Kind::BadModel,
+                format!(
+                    "model \"{name}\": the text graph has inputs ({}) that the manifest does not feed",
+                    names.join(", ")
+                ),
+            )
+            .with_hint(
+                "declare the attention mask in text.attention_mask_name, or re-export the model with input_ids only",
+            ));
         }
         let outputs: Vec<&str> = self.session.outputs().iter().map(|o| o.name()).collect();
         if !outputs.contains(&m.output_name.as_str()) {
-            return Err(Error::new(Kind::BadModel, format!("model \"{name}\": the text graph has no output \"{}\" (it has: {})", m.output_name, outputs.join(", ")))
-                .with_hint("fix text.output_name in the model's manifest"));
+            return Err(Error::new(
+                Kind::BadModel,
+                format!(
+                    "model \"{name}\": the text graph has no output \"{}\" (it has: {})",
+                    m.output_name,
+                    outputs.join(", ")
+                ),
+            )
+            .with_hint("fix text.output_name in the model's manifest"));
         }
         Ok(())
     }
@@ -497,23 +546,40 @@ impl TextModel {
         }
         check(&stop)?;
         let name = self.name.clone();
-        let (input_name, mask_name, out_name) = (m.input_name.clone(), m.attention_mask_name.clone(), m.output_name.clone());
-        let tensor_err = |e: ort::Error| Error::new(Kind::Inference, format!("cannot build the text input tensor: {e}"));
-        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
-            ort::inputs![input_name.as_str() => TensorRef::from_array_view(([batch, ctx], ids.as_slice())).map_err(tensor_err)?];
+        let (input_name, mask_name, out_name) =
+            (m.input_name.clone(), m.attention_mask_name.clone(), m.output_name.clone());
+        let tensor_err =
+            |e: ort::Error| Error::new(Kind::Inference, format!("cannot build the text input tensor: {e}"));
+        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = ort::inputs![input_name.as_str() => TensorRef::from_array_view(([batch, ctx], ids.as_slice())).map_err(tensor_err)?];
         if let Some(mask_name) = &mask_name {
             let t = TensorRef::from_array_view(([batch, ctx], mask.as_slice())).map_err(tensor_err)?;
             inputs.push((Cow::from(mask_name.as_str()), SessionInputValue::from(t)));
         }
-        let options = ort::session::RunOptions::new().map_err(|e| Error::new(Kind::Inference, format!("model \"{name}\": {e}")))?;
+        let options = ort::session::RunOptions::new()
+            .map_err(|e| Error::new(Kind::Inference, format!("model \"{name}\": {e}")))?;
         let session = &mut self.session;
-        let outputs = crate::model::stoppable(&options, stop, || session.run_with_options(inputs, &options), |e| {
-            Error::new(Kind::Inference, format!("model \"{name}\": the text tower failed to run: {e}"))
+        let outputs = crate::model::stoppable(
+            &options,
+            stop,
+            || session.run_with_options(inputs, &options),
+            |e| Error::new(Kind::Inference, format!("model \"{name}\": the text tower failed to run: {e}")),
+        )?;
+        let (shape, values) = outputs[out_name.as_str()].try_extract_tensor::<f32>().map_err(|e| {
+            Error::new(
+                Kind::BadModel,
+                format!("model \"{name}\": text output \"{out_name}\" is not a float32 tensor: {e}"),
+            )
         })?;
-        let (shape, values) = outputs[out_name.as_str()]
-            .try_extract_tensor::<f32>()
-            .map_err(|e| Error::new(Kind::BadModel, format!("model \"{name}\": text output \"{out_name}\" is not a float32 tensor: {e}")))?;
-        crate::model::split_output(&name, &format!("text output \"{out_name}\""), "text", &shape[..], values, batch, dim, l2)
+        crate::model::split_output(
+            &name,
+            &format!("text output \"{out_name}\""),
+            "text",
+            &shape[..],
+            values,
+            batch,
+            dim,
+            l2,
+        )
     }
 }
 
@@ -563,7 +629,12 @@ mod tests {
     #[test]
     fn whitespace_is_collapsed_and_stripped() {
         let want = ids("red summer dress");
-        for text in ["  red summer dress  ", "red\tsummer\n\ndress", "red \u{a0} summer\u{3000}dress", "\r\nred   summer dress\u{2003}"] {
+        for text in [
+            "  red summer dress  ",
+            "red\tsummer\n\ndress",
+            "red \u{a0} summer\u{3000}dress",
+            "\r\nred   summer dress\u{2003}",
+        ] {
             assert_eq!(ids(text), want, "{text:?}");
         }
         assert_eq!(clean_text("  a \t b\n"), "a b");
@@ -729,7 +800,9 @@ mod tests {
 
     #[test]
     fn special_tokens_never_come_from_user_text() {
-        for text in ["<|endoftext|> dress", "<|startoftext|>", "<end_of_text>", "red <start_of_text> dress", "<END_OF_TEXT>"] {
+        for text in
+            ["<|endoftext|> dress", "<|startoftext|>", "<end_of_text>", "red <start_of_text> dress", "<END_OF_TEXT>"]
+        {
             let got = ids(text);
             let inner = &got[1..got.len() - 1];
             assert!(!inner.is_empty() && inner.iter().all(|i| *i < START_OF_TEXT), "{text:?}: {got:?}");
@@ -806,7 +879,10 @@ mod tests {
             (seed % n as u64) as usize
         };
         let alphabets: [&[&str]; 9] = [
-            &["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p", "q", "r", "s", "t", "u", "v", "w", "x", "y", "z"],
+            &[
+                "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p", "q", "r", "s", "t",
+                "u", "v", "w", "x", "y", "z",
+            ],
             &["th", "e", "in", "the", "ing", "an", "er"],
             &["😂", "😍", "❤\u{fe0f}", "🇺🇸"],
             &["的", "一", "是", "不", "了", "人", "我", "在", "有", "他", "这", "中", "大", "国"],
@@ -839,7 +915,13 @@ mod tests {
                 let room = ctx - 2;
                 let (ids, _, truncated) = tokenize(word, ctx).unwrap();
                 let n = room.min(full.len());
-                assert_eq!(&ids[1..1 + n], &full[..n], "ctx {ctx}, word {:?}... ({} bytes)", word.chars().take(12).collect::<String>(), word.len());
+                assert_eq!(
+                    &ids[1..1 + n],
+                    &full[..n],
+                    "ctx {ctx}, word {:?}... ({} bytes)",
+                    word.chars().take(12).collect::<String>(),
+                    word.len()
+                );
                 assert_eq!(truncated, full.len() > room, "ctx {ctx}");
                 // and the cap made a difference
                 if word.len() > word_cap(room) {
@@ -866,7 +948,10 @@ mod tests {
         for over in [format!("{at_limit}b"), "th".repeat(2_000_000), "é".repeat(MAX_TEXT_BYTES / 2 + 1)] {
             let e = tokenize_checked(&over, CTX, &stop).unwrap_err();
             assert_eq!(e.kind, Kind::LimitExceeded, "{e}");
-            assert!(e.message.contains(&format!("text is {} bytes, over the limit of 1048576 bytes", over.len())), "{e}");
+            assert!(
+                e.message.contains(&format!("text is {} bytes, over the limit of 1048576 bytes", over.len())),
+                "{e}"
+            );
             assert!(e.hint.as_deref().unwrap_or("").contains("first 75 tokens"), "{e}");
             assert!(!stop_called.get(), "rejected before the work starts");
         }
@@ -943,7 +1028,12 @@ mod tests {
                 best = best.min(t);
                 worst = worst.max(t);
             }
-            println!("{name:>28}: {} bytes, best {:.1} ms, worst {:.1} ms", text.len(), best.as_secs_f64() * 1e3, worst.as_secs_f64() * 1e3);
+            println!(
+                "{name:>28}: {} bytes, best {:.1} ms, worst {:.1} ms",
+                text.len(),
+                best.as_secs_f64() * 1e3,
+                worst.as_secs_f64() * 1e3
+            );
         }
     }
 
@@ -960,7 +1050,10 @@ mod tests {
     fn manifest_section_parses_and_validates() {
         let p = Path::new("m.json");
         let t = section(GOOD);
-        assert_eq!((t.context_length, t.dim, t.tokenizer, t.attention_mask_name.as_deref()), (77, 512, TokenizerKind::ClipBpe, None));
+        assert_eq!(
+            (t.context_length, t.dim, t.tokenizer, t.attention_mask_name.as_deref()),
+            (77, 512, TokenizerKind::ClipBpe, None)
+        );
         t.validate(512, p).unwrap();
         assert!(t.validate(768, p).unwrap_err().message.contains("must equal the image dim 768"));
         assert!(section(&GOOD.replace("\"attention_mask_name\": null,", "")).attention_mask_name.is_none());
@@ -995,7 +1088,9 @@ mod tests {
     #[test]
     fn fixture_text_contract_if_available() {
         let dir = models_dir();
-        let Some(library) = ort_child("text::tests::fixture_text_contract_if_available", &[&dir.join("clip-fixture-text.onnx")]) else {
+        let Some(library) =
+            ort_child("text::tests::fixture_text_contract_if_available", &[&dir.join("clip-fixture-text.onnx")])
+        else {
             return;
         };
         let json = std::fs::read_to_string(dir.join("clip_fixture.json")).unwrap();
@@ -1006,7 +1101,15 @@ mod tests {
         assert!(model.file_bytes > 0);
 
         let long = vec!["dress"; 300].join(" ");
-        let texts = ["a photo of a cat", "a photo of a dog", "a photo of a cat", "", "Red Summer Dress!", "red summer dress!", &long];
+        let texts = [
+            "a photo of a cat",
+            "a photo of a dog",
+            "a photo of a cat",
+            "",
+            "Red Summer Dress!",
+            "red summer dress!",
+            &long,
+        ];
         let v = model.embed_text(&texts).unwrap();
         assert_eq!(v.len(), texts.len());
         for (t, e) in texts.iter().zip(&v) {
@@ -1024,18 +1127,52 @@ mod tests {
         assert!(model.embed_text(&[]).unwrap().is_empty());
 
         // The manifest's dim is checked against what the graph produces.
-        let mut wrong = TextModel::load(&dir, "clip_fixture", "make models", TextManifest { dim: 256, ..text.clone() }, &opts).unwrap();
+        let mut wrong =
+            TextModel::load(&dir, "clip_fixture", "make models", TextManifest { dim: 256, ..text.clone() }, &opts)
+                .unwrap();
         let e = wrong.embed_text(&["x"]).unwrap_err();
         assert_eq!(e.kind, Kind::BadModel, "{e}");
         assert!(e.message.contains("declares 256"), "{e}");
         // Signature mismatches fail at load time, with the names the graph has.
-        let e = TextModel::load(&dir, "clip_fixture", "make models", TextManifest { input_name: "ids".into(), ..text.clone() }, &opts).err().unwrap();
+        let e = TextModel::load(
+            &dir,
+            "clip_fixture",
+            "make models",
+            TextManifest { input_name: "ids".into(), ..text.clone() },
+            &opts,
+        )
+        .err()
+        .unwrap();
         assert!(e.kind == Kind::BadModel && e.message.contains("it has: input_ids"), "{e}");
-        let e = TextModel::load(&dir, "clip_fixture", "make models", TextManifest { output_name: "pooled".into(), ..text.clone() }, &opts).err().unwrap();
+        let e = TextModel::load(
+            &dir,
+            "clip_fixture",
+            "make models",
+            TextManifest { output_name: "pooled".into(), ..text.clone() },
+            &opts,
+        )
+        .err()
+        .unwrap();
         assert!(e.kind == Kind::BadModel && e.message.contains("text_embeds"), "{e}");
-        let e = TextModel::load(&dir, "clip_fixture", "make models", TextManifest { attention_mask_name: Some("attention_mask".into()), ..text.clone() }, &opts).err().unwrap();
+        let e = TextModel::load(
+            &dir,
+            "clip_fixture",
+            "make models",
+            TextManifest { attention_mask_name: Some("attention_mask".into()), ..text.clone() },
+            &opts,
+        )
+        .err()
+        .unwrap();
         assert!(e.kind == Kind::BadModel && e.message.contains("attention_mask"), "{e}");
-        let e = TextModel::load(&dir, "clip_fixture", "make models", TextManifest { onnx_file: "nope.onnx".into(), ..text }, &opts).err().unwrap();
+        let e = TextModel::load(
+            &dir,
+            "clip_fixture",
+            "make models",
+            TextManifest { onnx_file: "nope.onnx".into(), ..text },
+            &opts,
+        )
+        .err()
+        .unwrap();
         assert!(e.kind == Kind::FileMissing && e.hint.as_deref().unwrap_or("").contains("make models"), "{e}");
         println!("fixture text contract ok: {} texts, dim 512, load {:?}", texts.len(), model.load_time);
     }

@@ -17,13 +17,20 @@ use pg_vision_core::preprocess;
 
 /// Small enough to keep one run well under a second: 4 Mpx decodes to at most 12 MB of
 /// RGB (the decoders' own buffers are capped at 8 bytes a pixel + 64 MiB by `decode`).
-const LIMITS: Options = Options { max_pixels: 4_000_000, max_bytes: 1 << 20, jpeg_dct_scaling: true, accept_damaged: false, stop: decode::never };
+const LIMITS: Options = Options {
+    max_pixels: 4_000_000,
+    max_bytes: 1 << 20,
+    jpeg_dct_scaling: true,
+    accept_damaged: false,
+    stop: decode::never,
+};
 
 fn manifests() -> &'static [Manifest; 2] {
     static M: OnceLock<[Manifest; 2]> = OnceLock::new();
     M.get_or_init(|| {
-        let eff = Manifest::parse(include_str!("../../../models/efficientnet.json"), Path::new("models/efficientnet.json"))
-            .expect("shipped efficientnet manifest parses");
+        let eff =
+            Manifest::parse(include_str!("../../../models/efficientnet.json"), Path::new("models/efficientnet.json"))
+                .expect("shipped efficientnet manifest parses");
         // The other branches of the recipe: channels-last, BGR, exact (aspect-ignoring)
         // bilinear resize, no crop, a non-unit scale; kept small so runs stay fast.
         let mut small = eff.clone();
@@ -59,8 +66,16 @@ fuzz_target!(|data: &[u8]| {
         let (w, h) = if info.orientation >= 5 { (info.height, info.width) } else { (info.width, info.height) };
         assert_eq!((img.full_width, img.full_height), (w, h), "decoded full size disagrees with info {info:?}");
         let scaled = |full: u32| (full as f64 * img.scale).ceil() as u32;
-        assert_eq!((img.width, img.height), (scaled(w), scaled(h)), "decoded size is not the full size at scale {}", img.scale);
-        assert!(img.scale == 1.0 || (min_short_side > 0 && img.width.min(img.height) >= min_short_side), "reduced below the minimum");
+        assert_eq!(
+            (img.width, img.height),
+            (scaled(w), scaled(h)),
+            "decoded size is not the full size at scale {}",
+            img.scale
+        );
+        assert!(
+            img.scale == 1.0 || (min_short_side > 0 && img.width.min(img.height) >= min_short_side),
+            "reduced below the minimum"
+        );
         assert_eq!(img.data.len(), img.width as usize * img.height as usize * 3, "RGB buffer size");
         assert!(img.width as u64 * img.height as u64 <= LIMITS.max_pixels);
         for m in ms {

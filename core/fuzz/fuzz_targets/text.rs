@@ -24,7 +24,10 @@ fn check(text: &str, ctx: usize) {
             assert!(mask[used..].iter().all(|m| *m == 0), "mask {mask:?}");
             assert_eq!(ids[0], START_OF_TEXT, "{ids:?}");
             assert_eq!(ids[used - 1], END_OF_TEXT, "{ids:?}");
-            assert!(ids[1..used - 1].iter().all(|i| (0..START_OF_TEXT).contains(i)), "special or negative id inside: {ids:?}");
+            assert!(
+                ids[1..used - 1].iter().all(|i| (0..START_OF_TEXT).contains(i)),
+                "special or negative id inside: {ids:?}"
+            );
             assert!(ids[used..].iter().all(|i| *i == 0), "padding {ids:?}");
             assert!(!truncated || used == ctx, "truncated but only {used} of {ctx} used");
         }
