@@ -38,7 +38,6 @@ LANGUAGE plpgsql AS $$
 DECLARE
   cfg record;
   todo text;              -- WHERE clause selecting rows to (re)embed
-  sets text;
   i int;
   ctids tid[];
   images bytea[];

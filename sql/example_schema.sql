@@ -27,10 +27,10 @@ CREATE INDEX IF NOT EXISTS product_images_product_id ON product_images (product_
 ALTER TABLE product_images ALTER COLUMN embedding_efficientnet SET STORAGE PLAIN,
                            ALTER COLUMN embedding_fclip SET STORAGE PLAIN;
 
--- Embeds every inserted or re-uploaded image. Fashion-CLIP is listed too: without its
--- weights (make fclip) it cannot run, so on_error=null stores the row with a NULL
--- embedding_fclip and records the failure in pg_vision_errors instead of rejecting it.
--- Drop the ':fclip' argument where Fashion-CLIP is not installed to avoid the warnings.
+-- Embeds every inserted or re-uploaded image with EfficientNet. Fashion-CLIP is not
+-- listed, because its weights need `make fclip` (internet); once installed, add
+-- 'embedding_fclip:fclip' after the efficientnet argument. on_error=null stores a row whose
+-- image cannot be embedded with NULL embeddings and records the failure in pg_vision_errors.
 DROP TRIGGER IF EXISTS product_images_embed ON product_images;
 CREATE TRIGGER product_images_embed
     BEFORE INSERT OR UPDATE OF image ON product_images

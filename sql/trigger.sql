@@ -29,7 +29,8 @@ COMMENT ON TABLE pg_vision_errors IS 'images pg_vision could not embed (trigger 
 SELECT pg_catalog.pg_extension_config_dump('pg_vision_errors', '');
 SELECT pg_catalog.pg_extension_config_dump('pg_vision_errors_id_seq', '');
 
--- Identifies a row for messages: its primary key columns, else its ctid (when stored).
+-- Identifies a row for messages and pg_vision_errors: its primary key columns as a JSON
+-- object, or {} when the table has no primary key (a BEFORE trigger's row has no ctid yet).
 CREATE FUNCTION pg_vision_row_identity(rel regclass, r anyelement) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
   SELECT coalesce(

@@ -1,7 +1,6 @@
-//! Image facts without a model: format, size, orientation, checksum.
+//! Image facts without a model: format, size, orientation, checksum, base64 decoding.
 
 use pgrx::prelude::*;
-use sha2::{Digest, Sha256};
 
 use pg_vision_core::decode;
 
@@ -21,10 +20,30 @@ fn image_info(
     TableIterator::once((i.format.to_owned(), i.width as i32, i.height as i32, i.orientation as i32, i.has_alpha))
 }
 
-/// SHA-256 of the bytes, lower-case hex: the checksum stored beside each embedding.
-#[pg_extern(immutable, strict, parallel_safe)]
+// SHA-256 of the bytes, lower-case hex: the checksum stored beside each embedding.
+// PostgreSQL computes it; a SQL-standard body is bound to pg_catalog's functions when it is
+// created, so no search_path can redirect it, and the planner can inline it.
+extension_sql!(
+    r#"
+CREATE FUNCTION image_checksum(image bytea) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+BEGIN ATOMIC
+  SELECT pg_catalog.encode(pg_catalog.sha256(image), 'hex');
+END;
+COMMENT ON FUNCTION image_checksum(bytea) IS 'SHA-256 of the image bytes, lower-case hex';
+"#,
+    name = "image_checksum"
+);
+
+/// The C entry point that `image_checksum(bytea)` of versions 0.1.0 to 0.3.0 names: a
+/// database still at one of those versions keeps working with this library until
+/// `ALTER EXTENSION pg_vision UPDATE` replaces it with the SQL function above.
+#[pg_extern(immutable, strict, parallel_safe, sql = false)]
 fn image_checksum(image: &[u8]) -> String {
-    Sha256::digest(image).iter().map(|b| format!("{b:02x}")).collect()
+    // SAFETY: sha256_bytea is PostgreSQL's sha256(bytea), called with one non-NULL bytea.
+    let digest: Vec<u8> =
+        unsafe { pgrx::direct_function_call(pg_sys::sha256_bytea, &[image.into_datum()]) }.unwrap_or_default();
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Decodes base64 text (plain, or a `data:image/...;base64,` URL) to bytes, for JSON

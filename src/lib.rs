@@ -41,7 +41,7 @@ COMMENT ON EXTENSION pg_vision IS 'image-embedding models (ONNX) inside PostgreS
 extension_sql_file!(
     "../sql/trigger.sql",
     name = "trigger",
-    requires = [embed::embed_image, images::image_checksum, embed::pg_vision_models]
+    requires = [embed::embed_image, "image_checksum", embed::pg_vision_models]
 );
 extension_sql_file!("../sql/backfill.sql", name = "backfill", requires = ["trigger", embed::embed_images]);
 

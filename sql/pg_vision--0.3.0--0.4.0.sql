@@ -1,0 +1,130 @@
+-- pg_vision 0.3.0 -> 0.4.0
+
+-- Changed: image_checksum() is computed by PostgreSQL (sha256 + encode) instead of a C
+-- function of its own; same results. The SQL-standard body binds pg_catalog's functions at
+-- creation, so no search_path can redirect it.
+CREATE OR REPLACE FUNCTION image_checksum(image bytea) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+BEGIN ATOMIC
+  SELECT pg_catalog.encode(pg_catalog.sha256(image), 'hex');
+END;
+COMMENT ON FUNCTION image_checksum(bytea) IS 'SHA-256 of the image bytes, lower-case hex';
+
+-- Changed: pg_vision_backfill() lost an unused variable.
+CREATE OR REPLACE PROCEDURE pg_vision_backfill(
+    rel regclass,
+    image_column name,
+    targets text[],
+    checksum_column name DEFAULT NULL,
+    batch_size int DEFAULT 32,
+    notice_every interval DEFAULT '5 seconds',
+    max_batches int DEFAULT NULL)
+LANGUAGE plpgsql AS $$
+DECLARE
+  cfg record;
+  todo text;              -- WHERE clause selecting rows to (re)embed
+  i int;
+  ctids tid[];
+  images bytea[];
+  vecs vector[];
+  failed tid[] := '{}';
+  done bigint := 0;
+  nfailed bigint := 0;
+  left_now bigint;
+  t0 timestamptz := clock_timestamp();
+  last_notice timestamptz := clock_timestamp();
+  rate double precision;
+  st text; msg text;
+  one vector;
+  total bigint;
+  batches int := 0;
+BEGIN
+  IF rel IS NULL OR image_column IS NULL OR targets IS NULL OR batch_size IS NULL THEN
+    RAISE EXCEPTION 'pg_vision_backfill: rel, image_column, targets and batch_size must not be NULL'
+      USING ERRCODE = 'null_value_not_allowed';
+  END IF;
+  IF batch_size < 1 THEN
+    RAISE EXCEPTION 'batch_size must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  -- Same argument checks as the trigger.
+  cfg := pg_vision_trigger_config(rel, ARRAY[image_column::text] || targets
+                                  || CASE WHEN checksum_column IS NULL THEN '{}'::text[] ELSE ARRAY['checksum=' || checksum_column] END,
+                                  'pg_vision_backfill');
+  SELECT string_agg(format('%I IS NULL', c), ' OR ') INTO todo FROM unnest(cfg.targets) c;
+  IF checksum_column IS NOT NULL THEN
+    todo := format('(%s OR %I IS DISTINCT FROM image_checksum(%I))', todo, checksum_column, image_column);
+  END IF;
+  todo := format('%I IS NOT NULL AND (%s) AND NOT (ctid = ANY ($1))', image_column, todo);
+  -- Counted once: with a checksum column, counting hashes every image.
+  EXECUTE format('SELECT count(*) FROM %s WHERE %s', rel, todo) INTO total USING failed;
+
+  LOOP
+    EXECUTE format('SELECT array_agg(ctid), array_agg(%I) FROM (SELECT ctid, %I FROM %s WHERE %s LIMIT %s) b',
+                   image_column, image_column, rel, todo, batch_size)
+      INTO ctids, images USING failed;
+    EXIT WHEN ctids IS NULL;
+    IF batches = max_batches THEN
+      RAISE NOTICE 'pg_vision_backfill %: stopping after % batches (max_batches); CALL it again to continue', rel, batches;
+      RETURN;
+    END IF;
+    batches := batches + 1;
+    FOR i IN 1 .. array_length(cfg.targets, 1) LOOP
+      BEGIN
+        vecs := embed_images(cfg.models[i], images);   -- its own inference batch size
+      EXCEPTION WHEN OTHERS THEN
+        -- One bad image fails the whole batch: redo this batch one image at a time, so
+        -- the good ones are stored and the bad ones recorded and skipped.
+        vecs := '{}';
+        FOR j IN 1 .. array_length(ctids, 1) LOOP
+          BEGIN
+            one := embed_image(cfg.models[i], images[j]);
+          EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
+            one := NULL;
+            IF NOT ctids[j] = ANY (failed) THEN
+              failed := failed || ctids[j];
+              nfailed := nfailed + 1;
+              EXECUTE format('INSERT INTO pg_vision_errors (relation, row_identity, image_column, model, sqlstate, message)
+                              SELECT $1, pg_vision_row_identity($1, r), $2, $3, $4, $5 FROM %s r WHERE ctid = $6', rel)
+                USING rel, image_column, cfg.models[i], st, msg, ctids[j];
+            END IF;
+          END;
+          vecs := vecs || one;
+        END LOOP;
+      END;
+      -- An UPDATE moves a row to a new ctid: carry the new ones over to the next column and
+      -- to the checksum update. Rows that failed in this run are left alone, so their
+      -- recorded ctid stays valid and they are not picked up again.
+      EXECUTE format('WITH moved AS (
+                        UPDATE %s t SET %I = u.v FROM unnest($1, $2) WITH ORDINALITY AS u(c, v, k)
+                         WHERE t.ctid = u.c AND u.v IS NOT NULL AND NOT u.c = ANY ($3)
+                        RETURNING u.k, t.ctid AS c)
+                      SELECT array_agg(coalesce(moved.c, o.c) ORDER BY o.k)
+                        FROM unnest($1) WITH ORDINALITY AS o(c, k) LEFT JOIN moved ON moved.k = o.k',
+                     rel, cfg.targets[i])
+        INTO ctids USING ctids, vecs, failed;
+    END LOOP;
+    IF checksum_column IS NOT NULL THEN
+      EXECUTE format('UPDATE %s t SET %I = image_checksum(%I) WHERE t.ctid = ANY ($1) AND NOT t.ctid = ANY ($2)',
+                     rel, checksum_column, image_column) USING ctids, failed;
+    END IF;
+    done := done + array_length(ctids, 1);
+    left_now := greatest(total - done, 0);
+    rate := done / greatest(extract(epoch FROM clock_timestamp() - t0), 1e-3);
+    INSERT INTO pg_vision_backfill_progress AS p (relation, started, updated, rows_done, rows_failed, rows_left, rows_per_s, eta)
+    VALUES (rel, t0, clock_timestamp(), done, nfailed, left_now, rate, make_interval(secs => left_now / greatest(rate, 1e-9)))
+    ON CONFLICT (relation) DO UPDATE SET started = excluded.started, updated = excluded.updated, rows_done = excluded.rows_done,
+      rows_failed = excluded.rows_failed, rows_left = excluded.rows_left, rows_per_s = excluded.rows_per_s, eta = excluded.eta,
+      finished = false;
+    COMMIT;
+    IF clock_timestamp() - last_notice >= notice_every THEN
+      RAISE NOTICE 'pg_vision_backfill %: % rows done, % failed, % left, % rows/s, about % left',
+        rel, done, nfailed, left_now, round(rate::numeric, 1), date_trunc('second', make_interval(secs => left_now / greatest(rate, 1e-9)));
+      last_notice := clock_timestamp();
+    END IF;
+  END LOOP;
+  UPDATE pg_vision_backfill_progress SET finished = true, updated = clock_timestamp(), rows_left = 0, eta = '0' WHERE relation = rel;
+  RAISE NOTICE 'pg_vision_backfill %: finished, % rows embedded, % failed (see pg_vision_errors), % rows/s',
+    rel, done - nfailed, nfailed, round((done / greatest(extract(epoch FROM clock_timestamp() - t0), 1e-3))::numeric, 1);
+  COMMIT;
+END $$;
