@@ -26,6 +26,21 @@ CREATE TABLE pg_vision_backfill_progress (
 );
 COMMENT ON TABLE pg_vision_backfill_progress IS 'progress of pg_vision_backfill(), one row per table, updated at each batch commit';
 
+-- Row-level security, as for pg_vision_errors: a table's progress row is seen by its owner
+-- and written (and so also seen) by the roles that may update the table, that is, the
+-- roles that can run a backfill on it.
+ALTER TABLE pg_vision_backfill_progress ENABLE ROW LEVEL SECURITY;
+CREATE POLICY reader ON pg_vision_backfill_progress FOR SELECT
+  USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = relation), 'USAGE')
+         OR pg_catalog.has_table_privilege(relation, 'UPDATE'));
+CREATE POLICY writer_inserts ON pg_vision_backfill_progress FOR INSERT
+  WITH CHECK (pg_catalog.has_table_privilege(relation, 'UPDATE'));
+CREATE POLICY writer_updates ON pg_vision_backfill_progress FOR UPDATE
+  USING (pg_catalog.has_table_privilege(relation, 'UPDATE'));
+CREATE POLICY owner_deletes ON pg_vision_backfill_progress FOR DELETE
+  USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = relation), 'USAGE'));
+GRANT SELECT, INSERT, UPDATE, DELETE ON pg_vision_backfill_progress TO PUBLIC;
+
 CREATE PROCEDURE pg_vision_backfill(
     rel regclass,
     image_column name,
@@ -41,19 +56,27 @@ DECLARE
   i int;
   ctids tid[];
   images bytea[];
-  vecs vector[];
+  vecs @extschema:vector@.vector[];
+  suppressed tid[];
   failed tid[] := '{}';
   done bigint := 0;
   nfailed bigint := 0;
   left_now bigint;
-  t0 timestamptz := clock_timestamp();
-  last_notice timestamptz := clock_timestamp();
+  t0 timestamptz;
+  last_notice timestamptz;
   rate double precision;
   st text; msg text;
-  one vector;
+  one @extschema:vector@.vector;
   total bigint;
   batches int := 0;
 BEGIN
+  -- A procedure that commits cannot have a SET clause, so each of its transactions pins
+  -- search_path itself, first thing (the setting ends with the transaction): the caller's
+  -- search_path never decides which function or operator runs. Extension objects are
+  -- named with their schema.
+  PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+  t0 := clock_timestamp();
+  last_notice := t0;
   IF rel IS NULL OR image_column IS NULL OR targets IS NULL OR batch_size IS NULL THEN
     RAISE EXCEPTION 'pg_vision_backfill: rel, image_column, targets and batch_size must not be NULL'
       USING ERRCODE = 'null_value_not_allowed';
@@ -62,19 +85,23 @@ BEGIN
     RAISE EXCEPTION 'batch_size must be at least 1' USING ERRCODE = 'invalid_parameter_value';
   END IF;
   -- Same argument checks as the trigger.
-  cfg := pg_vision_trigger_config(rel, ARRAY[image_column::text] || targets
+  cfg := @extschema@.pg_vision_trigger_config(rel, ARRAY[image_column::text] || targets
                                   || CASE WHEN checksum_column IS NULL THEN '{}'::text[] ELSE ARRAY['checksum=' || checksum_column] END,
                                   'pg_vision_backfill');
   SELECT string_agg(format('%I IS NULL', c), ' OR ') INTO todo FROM unnest(cfg.targets) c;
   IF checksum_column IS NOT NULL THEN
-    todo := format('(%s OR %I IS DISTINCT FROM image_checksum(%I))', todo, checksum_column, image_column);
+    todo := format('(%s OR %I IS DISTINCT FROM @extschema@.image_checksum(%I))', todo, checksum_column, image_column);
   END IF;
   todo := format('%I IS NOT NULL AND (%s) AND NOT (ctid = ANY ($1))', image_column, todo);
   -- Counted once: with a checksum column, counting hashes every image.
   EXECUTE format('SELECT count(*) FROM %s WHERE %s', rel, todo) INTO total USING failed;
 
   LOOP
-    EXECUTE format('SELECT array_agg(ctid), array_agg(%I) FROM (SELECT ctid, %I FROM %s WHERE %s LIMIT %s) b',
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);  -- a new transaction
+    -- The batch's rows stay locked until its COMMIT: none can be deleted (and its ctid
+    -- reused by a new row) or changed while its image is being embedded. Rows another
+    -- session has locked are left to that session's trigger.
+    EXECUTE format('SELECT array_agg(ctid), array_agg(%I) FROM (SELECT ctid, %I FROM %s WHERE %s LIMIT %s FOR UPDATE SKIP LOCKED) b',
                    image_column, image_column, rel, todo, batch_size)
       INTO ctids, images USING failed;
     EXIT WHEN ctids IS NULL;
@@ -85,22 +112,22 @@ BEGIN
     batches := batches + 1;
     FOR i IN 1 .. array_length(cfg.targets, 1) LOOP
       BEGIN
-        vecs := embed_images(cfg.models[i], images);   -- its own inference batch size
+        vecs := @extschema@.embed_images(cfg.models[i], images);   -- its own inference batch size
       EXCEPTION WHEN OTHERS THEN
         -- One bad image fails the whole batch: redo this batch one image at a time, so
         -- the good ones are stored and the bad ones recorded and skipped.
         vecs := '{}';
         FOR j IN 1 .. array_length(ctids, 1) LOOP
           BEGIN
-            one := embed_image(cfg.models[i], images[j]);
+            one := @extschema@.embed_image(cfg.models[i], images[j]);
           EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
             one := NULL;
             IF NOT ctids[j] = ANY (failed) THEN
               failed := failed || ctids[j];
               nfailed := nfailed + 1;
-              EXECUTE format('INSERT INTO pg_vision_errors (relation, row_identity, image_column, model, sqlstate, message)
-                              SELECT $1, pg_vision_row_identity($1, r), $2, $3, $4, $5 FROM %s r WHERE ctid = $6', rel)
+              EXECUTE format('SELECT @extschema@.pg_vision_record_error($1, @extschema@.pg_vision_row_identity($1, r), $2, $3, $4, $5)
+                                FROM %s r WHERE ctid = $6', rel)
                 USING rel, image_column, cfg.models[i], st, msg, ctids[j];
             END IF;
           END;
@@ -109,24 +136,37 @@ BEGIN
       END;
       -- An UPDATE moves a row to a new ctid: carry the new ones over to the next column and
       -- to the checksum update. Rows that failed in this run are left alone, so their
-      -- recorded ctid stays valid and they are not picked up again.
+      -- recorded ctid stays valid and they are not picked up again. A row the UPDATE did
+      -- not change (a row-level security policy or a BEFORE trigger suppressed it) is
+      -- recorded as failed too, or it would be selected again at every batch.
       EXECUTE format('WITH moved AS (
                         UPDATE %s t SET %I = u.v FROM unnest($1, $2) WITH ORDINALITY AS u(c, v, k)
                          WHERE t.ctid = u.c AND u.v IS NOT NULL AND NOT u.c = ANY ($3)
                         RETURNING u.k, t.ctid AS c)
-                      SELECT array_agg(coalesce(moved.c, o.c) ORDER BY o.k)
-                        FROM unnest($1) WITH ORDINALITY AS o(c, k) LEFT JOIN moved ON moved.k = o.k',
+                      SELECT array_agg(coalesce(moved.c, o.c) ORDER BY o.k),
+                             coalesce(array_agg(o.c) FILTER (WHERE moved.k IS NULL AND o.v IS NOT NULL
+                                                             AND NOT o.c = ANY ($3)), ''{}'')
+                        FROM unnest($1, $2) WITH ORDINALITY AS o(c, v, k) LEFT JOIN moved ON moved.k = o.k',
                      rel, cfg.targets[i])
-        INTO ctids USING ctids, vecs, failed;
+        INTO ctids, suppressed USING ctids, vecs, failed;
+      FOR j IN 1 .. coalesce(array_length(suppressed, 1), 0) LOOP
+        failed := failed || suppressed[j];
+        nfailed := nfailed + 1;
+        EXECUTE format('SELECT @extschema@.pg_vision_record_error($1, @extschema@.pg_vision_row_identity($1, r), $2, $3, $4, $5)
+                          FROM %s r WHERE ctid = $6', rel)
+          USING rel, image_column, cfg.models[i], '42501',
+                'the UPDATE of the embedding did not change the row: a row-level security policy or a BEFORE trigger suppressed it',
+                suppressed[j];
+      END LOOP;
     END LOOP;
     IF checksum_column IS NOT NULL THEN
-      EXECUTE format('UPDATE %s t SET %I = image_checksum(%I) WHERE t.ctid = ANY ($1) AND NOT t.ctid = ANY ($2)',
+      EXECUTE format('UPDATE %s t SET %I = @extschema@.image_checksum(%I) WHERE t.ctid = ANY ($1) AND NOT t.ctid = ANY ($2)',
                      rel, checksum_column, image_column) USING ctids, failed;
     END IF;
     done := done + array_length(ctids, 1);
     left_now := greatest(total - done, 0);
     rate := done / greatest(extract(epoch FROM clock_timestamp() - t0), 1e-3);
-    INSERT INTO pg_vision_backfill_progress AS p (relation, started, updated, rows_done, rows_failed, rows_left, rows_per_s, eta)
+    INSERT INTO @extschema@.pg_vision_backfill_progress AS p (relation, started, updated, rows_done, rows_failed, rows_left, rows_per_s, eta)
     VALUES (rel, t0, clock_timestamp(), done, nfailed, left_now, rate, make_interval(secs => left_now / greatest(rate, 1e-9)))
     ON CONFLICT (relation) DO UPDATE SET started = excluded.started, updated = excluded.updated, rows_done = excluded.rows_done,
       rows_failed = excluded.rows_failed, rows_left = excluded.rows_left, rows_per_s = excluded.rows_per_s, eta = excluded.eta,
@@ -138,7 +178,7 @@ BEGIN
       last_notice := clock_timestamp();
     END IF;
   END LOOP;
-  UPDATE pg_vision_backfill_progress SET finished = true, updated = clock_timestamp(), rows_left = 0, eta = '0' WHERE relation = rel;
+  UPDATE @extschema@.pg_vision_backfill_progress SET finished = true, updated = clock_timestamp(), rows_left = 0, eta = '0' WHERE relation = rel;
   RAISE NOTICE 'pg_vision_backfill %: finished, % rows embedded, % failed (see pg_vision_errors), % rows/s',
     rel, done - nfailed, nfailed, round((done / greatest(extract(epoch FROM clock_timestamp() - t0), 1e-3))::numeric, 1);
   COMMIT;

@@ -29,10 +29,27 @@ COMMENT ON TABLE pg_vision_errors IS 'images pg_vision could not embed (trigger 
 SELECT pg_catalog.pg_extension_config_dump('pg_vision_errors', '');
 SELECT pg_catalog.pg_extension_config_dump('pg_vision_errors_id_seq', '');
 
+-- Tenants share this table, so row-level security decides who sees what. A role sees and
+-- deletes the error rows of the relations it owns (or is a member of the owner of):
+-- SELECT on a table does not grant its error rows. Rows are written by whoever inserts or
+-- updates the relation (the trigger and the backfill run as that role); the check runs as
+-- that role too, so nobody can file rows against a relation they cannot write. (A
+-- SECURITY DEFINER writer could not make that check: inside it, the caller's role is
+-- gone.) Rows cannot be changed after they are written.
+ALTER TABLE pg_vision_errors ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_reads ON pg_vision_errors FOR SELECT
+  USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = relation), 'USAGE'));
+CREATE POLICY owner_deletes ON pg_vision_errors FOR DELETE
+  USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = relation), 'USAGE'));
+CREATE POLICY writer_records ON pg_vision_errors FOR INSERT
+  WITH CHECK (pg_catalog.has_table_privilege(relation, 'INSERT, UPDATE') AND at = pg_catalog.now());
+GRANT SELECT, INSERT, DELETE ON pg_vision_errors TO PUBLIC;
+GRANT USAGE ON SEQUENCE pg_vision_errors_id_seq TO PUBLIC;
+
 -- Identifies a row for messages and pg_vision_errors: its primary key columns as a JSON
 -- object, or {} when the table has no primary key (a BEFORE trigger's row has no ctid yet).
 CREATE FUNCTION pg_vision_row_identity(rel regclass, r anyelement) RETURNS jsonb
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
   SELECT coalesce(
     (SELECT jsonb_object_agg(a.attname, to_jsonb(r) -> a.attname)
        FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
@@ -45,12 +62,14 @@ CREATE FUNCTION pg_vision_trigger_config(
     rel regclass, args text[], caller text,
     OUT image_column name, OUT targets name[], OUT models text[],
     OUT checksum_column name, OUT on_error text, OUT keep_image boolean)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   arg text;
   col name;
   model text;
   coltype text;
+  coltypid oid;
+  coltypmod int;
   model_dim int;
 BEGIN
   IF coalesce(array_length(args, 1), 0) < 2 THEN
@@ -88,18 +107,18 @@ BEGIN
     ELSIF arg LIKE '%:%' THEN
       col := split_part(arg, ':', 1);
       model := split_part(arg, ':', 2);
-      SELECT format_type(atttypid, atttypmod) INTO coltype
+      SELECT format_type(atttypid, atttypmod), atttypid, atttypmod INTO coltype, coltypid, coltypmod
         FROM pg_attribute WHERE attrelid = rel AND attname = col AND attnum > 0 AND NOT attisdropped;
       IF coltype IS NULL THEN
         RAISE EXCEPTION '% on %: embedding column "%" does not exist', caller, rel, col
           USING ERRCODE = 'undefined_column';
       END IF;
-      model_dim := pg_vision_model_dim(model);
+      model_dim := @extschema@.pg_vision_model_dim(model);
       IF model_dim IS NULL THEN
         RAISE EXCEPTION '% on %: unknown model "%" for column "%"', caller, rel, model, col
           USING ERRCODE = 'undefined_object', HINT = 'SELECT * FROM pg_vision_models() lists the models';
       END IF;
-      IF coltype NOT IN ('vector', format('vector(%s)', model_dim)) THEN
+      IF coltypid <> '@extschema:vector@.vector'::regtype OR coltypmod NOT IN (-1, model_dim) THEN
         RAISE EXCEPTION '% on %: column "%" is %, but model "%" makes vector(%)', caller, rel, col, coltype, model, model_dim
           USING ERRCODE = 'datatype_mismatch';
       END IF;
@@ -117,13 +136,25 @@ BEGIN
   END IF;
 END $$;
 
+-- Records one failure (see the policies above). One writer for the trigger and the backfill.
+CREATE FUNCTION pg_vision_record_error(rel regclass, row_identity jsonb, image_column name, model text,
+                                       sqlstate text, message text) RETURNS void
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+  INSERT INTO @extschema@.pg_vision_errors (relation, row_identity, image_column, model, sqlstate, message)
+  VALUES (rel, row_identity, image_column, model, sqlstate, message)
+$$;
+
+-- The trigger and everything it calls run with search_path pinned to pg_catalog: the
+-- inserting role's search_path (which may list schemas other roles can create in) never
+-- decides which function or operator runs. The extension's own objects are named with
+-- their schema.
 CREATE FUNCTION pg_vision_embed_trigger() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   cfg record;
   img bytea;
   old_img bytea;
-  vec vector;
+  vec @extschema:vector@.vector;
   changes jsonb := '{}';
   i int;
   st text; msg text; hint text;
@@ -132,7 +163,7 @@ BEGIN
     RAISE EXCEPTION 'pg_vision_embed_trigger must be a BEFORE INSERT OR UPDATE ... FOR EACH ROW trigger'
       USING ERRCODE = 'invalid_object_definition';
   END IF;
-  cfg := pg_vision_trigger_config(TG_RELID::regclass, TG_ARGV[0:TG_NARGS - 1], 'pg_vision_embed_trigger');  -- slices are 1-based
+  cfg := @extschema@.pg_vision_trigger_config(TG_RELID::regclass, TG_ARGV[0:TG_NARGS - 1], 'pg_vision_embed_trigger');  -- slices are 1-based
   EXECUTE format('SELECT ($1).%I', cfg.image_column) USING NEW INTO img;
   IF TG_OP = 'UPDATE' THEN
     EXECUTE format('SELECT ($1).%I', cfg.image_column) USING OLD INTO old_img;
@@ -144,25 +175,25 @@ BEGIN
     vec := NULL;
     IF img IS NOT NULL THEN
       BEGIN
-        vec := embed_image(cfg.models[i], img);
+        vec := @extschema@.embed_image(cfg.models[i], img);
       EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
         IF cfg.on_error = 'reject' THEN
           RAISE EXCEPTION 'cannot embed %.% of row % with model "%": %', TG_RELID::regclass, cfg.image_column,
-                pg_vision_row_identity(TG_RELID::regclass, NEW), cfg.models[i], msg
+                @extschema@.pg_vision_row_identity(TG_RELID::regclass, NEW), cfg.models[i], msg
             USING ERRCODE = st, HINT = coalesce(nullif(hint, ''),
                   'fix the image, or create the trigger with on_error=null to store the row without embeddings');
         END IF;
-        RAISE WARNING 'stored row % of % without "%": %', pg_vision_row_identity(TG_RELID::regclass, NEW),
+        RAISE WARNING 'stored row % of % without "%": %', @extschema@.pg_vision_row_identity(TG_RELID::regclass, NEW),
               TG_RELID::regclass, cfg.targets[i], msg;
-        INSERT INTO pg_vision_errors (relation, row_identity, image_column, model, sqlstate, message)
-        VALUES (TG_RELID::regclass, pg_vision_row_identity(TG_RELID::regclass, NEW), cfg.image_column, cfg.models[i], st, msg);
+        PERFORM @extschema@.pg_vision_record_error(TG_RELID::regclass, @extschema@.pg_vision_row_identity(TG_RELID::regclass, NEW),
+                                                   cfg.image_column, cfg.models[i], st, msg);
       END;
     END IF;
     changes := changes || jsonb_build_object(cfg.targets[i], vec::text);
   END LOOP;
   IF cfg.checksum_column IS NOT NULL THEN
-    changes := changes || jsonb_build_object(cfg.checksum_column, image_checksum(img));
+    changes := changes || jsonb_build_object(cfg.checksum_column, @extschema@.image_checksum(img));
   END IF;
   IF NOT cfg.keep_image THEN
     changes := changes || jsonb_build_object(cfg.image_column, NULL);

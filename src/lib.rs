@@ -12,6 +12,7 @@
 //! - `embed.rs`: the embedding functions
 //! - `images.rs`: image_info, image_checksum, image_from_base64
 //! - `../sql/trigger.sql`, `../sql/backfill.sql`: the indexing trigger and the backfill procedure
+//! - `../sql/privileges.sql`: what PUBLIC may call, what needs a grant
 
 use pgrx::prelude::*;
 
@@ -44,6 +45,8 @@ extension_sql_file!(
     requires = [embed::embed_image, "image_checksum", embed::pg_vision_models]
 );
 extension_sql_file!("../sql/backfill.sql", name = "backfill", requires = ["trigger", embed::embed_images]);
+// Grants and revokes, after every object exists.
+extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
