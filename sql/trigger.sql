@@ -139,7 +139,7 @@ END $$;
 -- Records one failure (see the policies above). One writer for the trigger and the backfill.
 CREATE FUNCTION pg_vision_record_error(rel regclass, row_identity jsonb, image_column name, model text,
                                        sqlstate text, message text) RETURNS void
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
   INSERT INTO @extschema@.pg_vision_errors (relation, row_identity, image_column, model, sqlstate, message)
   VALUES (rel, row_identity, image_column, model, sqlstate, message)
 $$;
