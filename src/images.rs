@@ -5,8 +5,8 @@ use sha2::{Digest, Sha256};
 
 use pg_vision_core::decode;
 
-use crate::errors::OrRaise;
 use crate::guc;
+use crate::sql_errors::OrRaise;
 
 /// Format, stored width and height, EXIF orientation (1-8) and transparency, read from
 /// the header without decoding the pixels.
