@@ -113,6 +113,8 @@ fn pg_vision_model_dim(model: &str) -> Option<i32> {
 
 /// The models in `pg_vision.model_dir`: whether their weights are present and whether
 /// this connection has them loaded.
+// pgrx reads the SQL result columns from this signature, so they cannot move into a type alias.
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn pg_vision_models() -> TableIterator<
     'static,
