@@ -16,6 +16,7 @@
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use pg_vision_core::manifest::Tower;
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
 
@@ -29,29 +30,6 @@ const NAME_LEN: usize = 64;
 /// ONNX file: measured here, ONNX Runtime holds 1.0-1.5x the file (weights, plus planned
 /// buffers and the optimised graph); 2x keeps the first reservation on the safe side.
 pub const ESTIMATE_FACTOR: u64 = 2;
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum Tower {
-    Image = 1,
-    Text = 2,
-}
-
-impl Tower {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tower::Image => "image",
-            Tower::Text => "text",
-        }
-    }
-
-    fn from_u8(v: u8) -> &'static str {
-        match v {
-            1 => "image",
-            2 => "text",
-            _ => "",
-        }
-    }
-}
 
 /// A model name, truncated to 63 bytes (at a character boundary) to fit a fixed-size row.
 #[derive(Copy, Clone)]
@@ -190,8 +168,8 @@ pub struct Shortfall {
 }
 
 /// Bytes to reserve before loading: the last measurement of this model file, else
-/// `ESTIMATE_FACTOR` x its size. The second value says which.
-pub fn estimate(name: &str, tower: Tower, file_bytes: u64) -> (u64, bool) {
+/// `ESTIMATE_FACTOR` x its size.
+pub fn estimate(name: &str, tower: Tower, file_bytes: u64) -> u64 {
     let n = Name::new(name);
     let measured = with_table(|t| {
         t.memos
@@ -199,10 +177,7 @@ pub fn estimate(name: &str, tower: Tower, file_bytes: u64) -> (u64, bool) {
             .find(|m| m.tower == tower as u8 && m.file_bytes == file_bytes && m.name.as_str() == n.as_str())
             .map(|m| m.measured)
     });
-    match measured {
-        Some(b) => (b, true),
-        None => (file_bytes * ESTIMATE_FACTOR, false),
-    }
+    measured.unwrap_or(file_bytes * ESTIMATE_FACTOR)
 }
 
 /// Records a measured size, for the next backend's estimate.
@@ -353,7 +328,7 @@ fn collect(t: &Table) -> Vec<Row> {
         .map(|s| Row {
             pid: s.pid,
             model: s.name.as_str().to_owned(),
-            tower: Tower::from_u8(s.tower),
+            tower: Tower::from_u8(s.tower).map_or("", Tower::as_str),
             bytes: s.bytes,
             last_used: s.last_used,
             hits: s.hits,

@@ -3,10 +3,11 @@
 //! end of the connection. A backend is single-threaded, so thread-local maps are the whole
 //! synchronisation story.
 //!
-//! Every load goes through the memory budget (`budget.rs`): reserve an estimate, load while
-//! measuring the heap, correct the reservation to the measured size. When a reservation
-//! does not fit, this backend's least recently used models are evicted first (it can only
-//! free its own memory); when nothing is left to evict, the load fails with 53200.
+//! Every load goes through the memory budget (`budget.rs`): read the manifest, reserve an
+//! estimate from its ONNX file, load the tower from that manifest while measuring the
+//! heap, correct the reservation to the measured size. When a reservation does not fit,
+//! this backend's least recently used models are evicted first (it can only free its own
+//! memory); when nothing is left to evict, the load fails with 53200.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -14,31 +15,27 @@ use std::path::{Path, PathBuf};
 use std::thread::LocalKey;
 use std::time::Duration;
 
-use pg_vision_core::manifest::Manifest;
-use pg_vision_core::model::{Model, SessionOptions};
-use pg_vision_core::text::{self, TextModel};
-use pg_vision_core::{memory, runtime, Error, Kind, Result};
+use pg_vision_core::image_model::ImageModel;
+use pg_vision_core::manifest::{Manifest, Tower};
+use pg_vision_core::session::SessionOptions;
+use pg_vision_core::text_model::TextModel;
+use pg_vision_core::{heap, runtime, Error, Kind, Result};
 
-use crate::budget::{self, Shortfall, Tower};
+use crate::budget::{self, Shortfall};
 use crate::guc;
 
-/// What the cache needs to know of a loaded model.
+/// A tower the cache holds: image or text, loaded the same way.
 pub trait Cached: Sized {
     const TOWER: Tower;
-    fn load(dir: &Path, name: &str, opts: &SessionOptions) -> Result<Self>;
-    /// The ONNX file `load` will read (for the estimate made before loading).
-    fn weights(dir: &Path, name: &str) -> Result<PathBuf>;
+    fn from_manifest(dir: &Path, manifest: Manifest, opts: &SessionOptions) -> Result<Self>;
     fn file_bytes(&self) -> u64;
     fn load_time(&self) -> Duration;
 }
 
-impl Cached for Model {
+impl Cached for ImageModel {
     const TOWER: Tower = Tower::Image;
-    fn load(dir: &Path, name: &str, opts: &SessionOptions) -> Result<Self> {
-        Model::load(dir, name, opts)
-    }
-    fn weights(dir: &Path, name: &str) -> Result<PathBuf> {
-        Ok(Manifest::load(dir, name)?.onnx_path(dir))
+    fn from_manifest(dir: &Path, manifest: Manifest, opts: &SessionOptions) -> Result<Self> {
+        ImageModel::from_manifest(dir, manifest, opts)
     }
     fn file_bytes(&self) -> u64 {
         self.file_bytes
@@ -50,15 +47,8 @@ impl Cached for Model {
 
 impl Cached for TextModel {
     const TOWER: Tower = Tower::Text;
-    fn load(dir: &Path, name: &str, opts: &SessionOptions) -> Result<Self> {
-        let m = Manifest::load(dir, name)?;
-        let t = m.text.clone().ok_or_else(|| text::no_text_tower(name))?;
-        TextModel::load(dir, name, &m.fetch_hint, t, opts)
-    }
-    fn weights(dir: &Path, name: &str) -> Result<PathBuf> {
-        let m = Manifest::load(dir, name)?;
-        let t = m.text.ok_or_else(|| text::no_text_tower(name))?;
-        Ok(dir.join(t.onnx_file))
+    fn from_manifest(dir: &Path, manifest: Manifest, opts: &SessionOptions) -> Result<Self> {
+        TextModel::from_manifest(dir, manifest, opts)
     }
     fn file_bytes(&self) -> u64 {
         self.file_bytes
@@ -73,7 +63,7 @@ struct Entry<M> {
     /// The model directory it was loaded from: a changed `pg_vision.model_dir` reloads it.
     dir: PathBuf,
     hits: u64,
-    /// Measured heap bytes held (`memory::measure` around the load).
+    /// Measured heap bytes held (`heap::measure` around the load).
     bytes: u64,
     /// Its row in the budget table.
     slot: usize,
@@ -84,7 +74,7 @@ struct Entry<M> {
 type Map<M> = RefCell<HashMap<String, Entry<M>>>;
 
 thread_local! {
-    static IMAGE: Map<Model> = RefCell::new(HashMap::new());
+    static IMAGE: Map<ImageModel> = RefCell::new(HashMap::new());
     static TEXT: Map<TextModel> = RefCell::new(HashMap::new());
     static CLOCK: Cell<u64> = const { Cell::new(0) };
 }
@@ -117,10 +107,10 @@ impl Reservation {
     }
 }
 
-/// Retries `attempt` after evicting this backend's least recently used model, until it
-/// fits or nothing is left to evict. When even evicting all of this backend's models
-/// could not make room, it fails at once and keeps them.
-fn fitting<T>(
+/// Reserves `bytes` in the budget through `attempt`, evicting this backend's least
+/// recently used models until it fits or nothing is left to evict. When even evicting all
+/// of this backend's models could not make room, it fails at once and keeps them.
+fn reserve_evicting_lru<T>(
     name: &str,
     tower: Tower,
     bytes: u64,
@@ -205,15 +195,17 @@ fn remove<M>(map: &'static LocalKey<Map<M>>, name: &str) -> Option<u64> {
     budget::release(entry.slot);
     let bytes = entry.bytes;
     drop(entry);
-    memory::release_free_pages();
+    heap::release_free_pages();
     Some(bytes)
 }
 
-/// Loads a model within the budget.
-fn load<M: Cached>(dir: &Path, name: &str) -> Result<Entry<M>> {
-    let file_bytes = std::fs::metadata(M::weights(dir, name)?).map_or(0, |m| m.len());
-    let (estimate, _) = budget::estimate(name, M::TOWER, file_bytes);
-    let reservation = fitting(name, M::TOWER, estimate, |b| {
+/// Loads a tower of the model `manifest` describes within the budget.
+fn load<M: Cached>(dir: &Path, manifest: Manifest) -> Result<Entry<M>> {
+    let name = manifest.name.clone();
+    let name = name.as_str();
+    let file_bytes = std::fs::metadata(manifest.onnx_path(dir, M::TOWER)?).map_or(0, |m| m.len());
+    let estimate = budget::estimate(name, M::TOWER, file_bytes);
+    let reservation = reserve_evicting_lru(name, M::TOWER, estimate, |b| {
         budget::reserve(name, M::TOWER, estimate, b).map(|s| Reservation(Some(s)))
     })?;
     let opts = SessionOptions { library: guc::onnxruntime_library(), intra_threads: guc::intra_op_threads() };
@@ -222,16 +214,21 @@ fn load<M: Cached>(dir: &Path, name: &str) -> Result<Entry<M>> {
         // before measuring, so the first model loaded is not charged for it.
         runtime::environment(&opts.library)?;
     }
-    let (model, bytes, _) = memory::measure(|| M::load(dir, name, &opts));
+    let (model, bytes, _) = heap::measure(|| M::from_manifest(dir, manifest, &opts));
     let model = model?;
     budget::remember(name, M::TOWER, file_bytes, bytes);
-    fitting(name, M::TOWER, bytes, |b| budget::resize(reservation.slot(), bytes, b))?;
+    reserve_evicting_lru(name, M::TOWER, bytes, |b| budget::resize(reservation.slot(), bytes, b))?;
     Ok(Entry { model, dir: dir.to_path_buf(), hits: 0, bytes, slot: reservation.keep(), last_used: tick() })
 }
 
-/// Makes sure the model is loaded; returns (measured bytes, load time, whether it was
+/// Makes sure the model's tower is loaded, reading its manifest (unless the caller has
+/// `read` it) only when it is not; returns (measured bytes, load time, whether it was
 /// loaded now).
-fn ensure<M: Cached>(map: &'static LocalKey<Map<M>>, name: &str) -> Result<(u64, Duration, bool)> {
+fn ensure<M: Cached>(
+    map: &'static LocalKey<Map<M>>,
+    name: &str,
+    read: Option<&Manifest>,
+) -> Result<(u64, Duration, bool)> {
     let dir = guc::model_dir();
     if map.with(|m| m.borrow().get(name).is_some_and(|e| e.dir != dir)) {
         remove(map, name);
@@ -239,14 +236,18 @@ fn ensure<M: Cached>(map: &'static LocalKey<Map<M>>, name: &str) -> Result<(u64,
     if let Some(loaded) = map.with(|m| m.borrow().get(name).map(|e| (e.bytes, e.model.load_time(), false))) {
         return Ok(loaded);
     }
-    let entry = load::<M>(&dir, name)?;
+    let manifest = match read {
+        Some(m) => m.clone(),
+        None => Manifest::load(&dir, name)?,
+    };
+    let entry = load::<M>(&dir, manifest)?;
     let out = (entry.bytes, entry.model.load_time(), true);
     map.with(|m| m.borrow_mut().insert(name.to_owned(), entry));
     Ok(out)
 }
 
 fn with<M: Cached, T>(map: &'static LocalKey<Map<M>>, name: &str, f: impl FnOnce(&mut M) -> Result<T>) -> Result<T> {
-    ensure(map, name)?;
+    ensure(map, name, None)?;
     map.with(|models| {
         let mut models = models.borrow_mut();
         let entry = models.get_mut(name).expect("loaded above");
@@ -258,7 +259,7 @@ fn with<M: Cached, T>(map: &'static LocalKey<Map<M>>, name: &str, f: impl FnOnce
 }
 
 /// Runs `f` with the named image model, loading it first if this backend has not.
-pub fn with_model<T>(name: &str, f: impl FnOnce(&mut Model) -> Result<T>) -> Result<T> {
+pub fn with_model<T>(name: &str, f: impl FnOnce(&mut ImageModel) -> Result<T>) -> Result<T> {
     with(&IMAGE, name, f)
 }
 
@@ -277,16 +278,16 @@ pub struct Warmed {
 /// Loads every tower of a model now (the image tower, and the text tower if the manifest
 /// declares one), without counting a use.
 pub fn warm(name: &str) -> Result<Vec<Warmed>> {
-    let has_text = Manifest::load(&guc::model_dir(), name)?.text.is_some();
+    let manifest = Manifest::load(&guc::model_dir(), name)?;
     let row = |tower, (bytes, t, now): (u64, Duration, bool)| Warmed {
         tower,
         bytes,
         load_ms: t.as_secs_f64() * 1e3,
         loaded_now: now,
     };
-    let mut out = vec![row(Tower::Image, ensure(&IMAGE, name)?)];
-    if has_text {
-        out.push(row(Tower::Text, ensure(&TEXT, name)?));
+    let mut out = vec![row(Tower::Image, ensure(&IMAGE, name, Some(&manifest))?)];
+    if manifest.text.is_some() {
+        out.push(row(Tower::Text, ensure(&TEXT, name, Some(&manifest))?));
     }
     Ok(out)
 }

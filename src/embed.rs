@@ -10,26 +10,27 @@
 
 use pgrx::prelude::*;
 
-use pg_vision_core::embed;
-use pg_vision_core::manifest::Manifest;
+use pg_vision_core::embed::{self, Batching};
+use pg_vision_core::manifest::{Manifest, Output, Tower};
 
 use crate::cache;
-use crate::errors::OrRaise;
 use crate::guc;
 use crate::interrupt;
+use crate::sql_errors::{in_sql_terms, OrRaise};
 use crate::vector::{self, Vector};
 
 /// Embeds an image with the named model.
 #[pg_extern(immutable, strict, parallel_safe)]
 fn embed_image(model: &str, image: &[u8]) -> Vector {
     let (v, _) =
-        cache::with_model(model, |m| interrupt::run(|opts| embed::embed_image(m, image, opts, None))).or_raise();
+        cache::with_model(model, |m| interrupt::run(|opts| embed::embed_image(m, image, opts, Output::Embedding)))
+            .or_raise();
     Vector::checked(v).or_raise()
 }
 
 /// Embeds text with a CLIP-style model's text tower, into the same space as its images.
 /// Text longer than the model's context (77 tokens for CLIP) is truncated: the first 75
-/// tokens are kept (`pg_vision_core::text::tokenize`). Text over 1 MiB is refused (54000).
+/// tokens are kept (`pg_vision_core::tokenize::tokenize`). Text over 1 MiB is refused (54000).
 #[pg_extern(immutable, strict, parallel_safe)]
 fn embed_text(model: &str, input: &str) -> Vector {
     let mut v =
@@ -43,8 +44,8 @@ fn embed_text(model: &str, input: &str) -> Vector {
 /// NULL vectors; any other bad image fails the whole call with its position in the array.
 /// A NULL argument gives NULL. The result must fit in one PostgreSQL value (1 GB).
 ///
-/// Default batch 4: on CPU a bigger batch does not make the model faster per image, it
-/// only multiplies the activations in memory (README, "Correctness and speed").
+/// The default batch is small because on CPU a bigger batch does not make the model
+/// faster per image; it only multiplies the activations held in memory.
 #[pg_extern(immutable, parallel_safe)]
 fn embed_images(
     model: Option<&str>,
@@ -52,13 +53,11 @@ fn embed_images(
     batch_size: default!(Option<i32>, 4),
 ) -> Option<Vec<Option<Vector>>> {
     let (model, images, batch_size) = (model?, images?, batch_size?);
-    let batch = usize::try_from(batch_size).unwrap_or(0);
-    embed::check_batch(batch).or_raise();
+    let batching = Batching::new(batch_size.into()).or_raise();
     let present: Vec<&[u8]> = images.iter().flatten().collect();
-    let threads = embed::decode_threads(guc::intra_op_threads());
     let mut vectors = cache::with_model(model, |m| {
         vector::check_array_fits(images.len(), present.len(), m.manifest.dim)?;
-        interrupt::run(|opts| embed::embed_images(m, &present, opts, batch, threads))
+        interrupt::run(|opts| embed::embed_images(m, &present, opts, batching))
     })
     .or_raise()
     .into_iter();
@@ -74,9 +73,10 @@ fn embed_images(
 /// ImageNet `logits`).
 #[pg_extern(immutable, strict, parallel_safe)]
 fn embed_image_output(model: &str, image: &[u8], output: &str) -> Vec<f32> {
+    let output = Output::named(output);
     cache::with_model(model, |m| {
-        m.manifest.output(Some(output))?;
-        interrupt::run(|opts| embed::embed_image(m, image, opts, Some(output)))
+        m.manifest.output(output)?;
+        interrupt::run(|opts| embed::embed_image(m, image, opts, output))
     })
     .or_raise()
     .0
@@ -92,7 +92,8 @@ fn pg_vision_profile(
     (name!(decode_ms, f64), name!(preprocess_ms, f64), name!(inference_ms, f64), name!(total_ms, f64)),
 > {
     let (_, t) =
-        cache::with_model(model, |m| interrupt::run(|opts| embed::embed_image(m, image, opts, None))).or_raise();
+        cache::with_model(model, |m| interrupt::run(|opts| embed::embed_image(m, image, opts, Output::Embedding)))
+            .or_raise();
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let row = (ms(t.decode), ms(t.preprocess), ms(t.inference), ms(t.decode + t.preprocess + t.inference));
     TableIterator::once(row)
@@ -106,12 +107,14 @@ fn pg_vision_model_dim(model: &str) -> Option<i32> {
     match Manifest::load(&guc::model_dir(), model) {
         Ok(m) => Some(m.dim as i32),
         Err(e) if e.kind == pg_vision_core::Kind::UnknownModel => None,
-        Err(e) => crate::errors::raise(e),
+        Err(e) => crate::sql_errors::raise(e),
     }
 }
 
 /// The models in `pg_vision.model_dir`: whether their weights are present and whether
 /// this connection has them loaded.
+// pgrx reads the SQL result columns from this signature, so they cannot move into a type alias.
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn pg_vision_models() -> TableIterator<
     'static,
@@ -135,7 +138,7 @@ fn pg_vision_models() -> TableIterator<
             let is_loaded = loaded.contains(&name);
             match m {
                 Ok(m) => {
-                    let path = m.onnx_path(&dir);
+                    let path = m.onnx_path(&dir, Tower::Image).or_raise();
                     let available = path.is_file();
                     let problem = (!available)
                         .then(|| format!("{} is missing; create it with: {}", path.display(), m.fetch_hint));
@@ -150,7 +153,10 @@ fn pg_vision_models() -> TableIterator<
                         m.description,
                     )
                 }
-                Err(e) => (name, 0, String::new(), String::new(), false, is_loaded, Some(e.to_string()), String::new()),
+                Err(e) => {
+                    let problem = Some(in_sql_terms(e).to_string());
+                    (name, 0, String::new(), String::new(), false, is_loaded, problem, String::new())
+                }
             }
         })
         .collect();
@@ -211,25 +217,41 @@ COMMENT ON FUNCTION embed_fclip_text(text) IS 'Fashion-CLIP 512-d text embedding
 mod tests {
     use pgrx::prelude::*;
 
-    /// A real photo-like image made in SQL-free Rust: a PNG gradient.
-    fn gradient_png(w: u32, h: u32) -> Vec<u8> {
-        let img = pg_vision_core::image::RgbImage::from_fn(w, h, |x, y| {
-            pg_vision_core::image::Rgb([(x * 255 / w) as u8, (y * 255 / h) as u8, 128])
-        });
-        let mut out = std::io::Cursor::new(Vec::new());
-        img.write_to(&mut out, pg_vision_core::image::ImageFormat::Png).unwrap();
-        out.into_inner()
+    /// A photo-like image made in SQL-free Rust: a gradient, as a 24-bit BMP (the one
+    /// format simple enough to write by hand).
+    fn gradient_bmp(w: u32, h: u32) -> Vec<u8> {
+        let row = (w * 3).next_multiple_of(4);
+        let size = 54 + row * h;
+        let mut out = Vec::with_capacity(size as usize);
+        out.extend_from_slice(b"BM");
+        for v in [size, 0, 54, 40, w, h] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&1u16.to_le_bytes()); // planes
+        out.extend_from_slice(&24u16.to_le_bytes()); // bits per pixel
+        for v in [0, row * h, 2835, 2835, 0, 0] {
+            out.extend_from_slice(&v.to_le_bytes()); // no compression, image size, 72 dpi, palette
+        }
+        for y in (0..h).rev() {
+            let start = out.len();
+            for x in 0..w {
+                out.extend_from_slice(&[128, (y * 255 / h) as u8, (x * 255 / w) as u8]);
+                // B, G, R
+            }
+            out.resize(start + row as usize, 0);
+        }
+        out
     }
 
     #[pg_test]
     fn embeds_and_is_deterministic() {
-        let png = gradient_png(320, 200);
+        let bmp = gradient_bmp(320, 200);
         let dims =
-            Spi::get_one_with_args::<i32>("SELECT vector_dims(embed_efficientnet($1))", &[png.clone().into()]).unwrap();
+            Spi::get_one_with_args::<i32>("SELECT vector_dims(embed_efficientnet($1))", &[bmp.clone().into()]).unwrap();
         assert_eq!(dims, Some(1280));
         let d = Spi::get_one_with_args::<f64>(
             "SELECT embed_efficientnet($1) <=> embed_image('efficientnet', $1)",
-            &[png.into()],
+            &[bmp.into()],
         )
         .unwrap();
         assert_eq!(d, Some(0.0));
@@ -243,8 +265,8 @@ mod tests {
             .catch_others(|_| false)
             .execute();
         assert!(!bad);
-        let png = gradient_png(64, 64);
-        let dims = Spi::get_one_with_args::<i32>("SELECT vector_dims(embed_efficientnet($1))", &[png.into()]).unwrap();
+        let bmp = gradient_bmp(64, 64);
+        let dims = Spi::get_one_with_args::<i32>("SELECT vector_dims(embed_efficientnet($1))", &[bmp.into()]).unwrap();
         assert_eq!(dims, Some(1280));
     }
 }

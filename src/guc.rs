@@ -17,9 +17,9 @@ pub static MAX_IMAGE_PIXELS_CEILING: GucSetting<i32> = GucSetting::<i32>::new(50
 pub static MAX_IMAGE_BYTES_CEILING: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024 * 1024);
 pub static ACCEPT_DAMAGED_IMAGES: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static JPEG_DCT_SCALING: GucSetting<bool> = GucSetting::<bool>::new(true);
-/// In MB. 1 GB: about 50 EfficientNet-Lite0 copies (20 MB each, measured) or one CLIP ViT-B/32 with
-/// both towers (about 600 MB of float32 weights) fit in every backend that needs one, while
-/// a burst of connections can no longer multiply that by max_connections.
+/// In MB. Bounds what loaded models hold across all backends, so a burst of connections
+/// cannot multiply a model's memory by max_connections. The 1 GB default holds one CLIP
+/// ViT-B/32 with both towers (about 600 MB of float32 weights) or dozens of small CNNs.
 pub static MEMORY_BUDGET: GucSetting<i32> = GucSetting::<i32>::new(1024);
 pub static PRELOAD_MODELS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
@@ -161,28 +161,39 @@ pub fn model_dir() -> PathBuf {
     expand(&setting(&MODEL_DIR))
 }
 
-/// `pg_vision.intra_op_threads`, with 0 meaning one per core, never more than the cores:
-/// any role may set it, and threads beyond the cores only add contention (and, across
-/// many sessions, exhaust the process limit).
+/// `pg_vision.intra_op_threads` as set (0: one per core); the core bounds it by the cores
+/// (`SessionOptions::intra_threads`).
 pub fn intra_op_threads() -> usize {
-    let cores = pg_vision_core::runtime::cores();
-    match INTRA_OP_THREADS.get().max(0) as usize {
-        0 => cores,
-        n => n.min(cores),
-    }
+    INTRA_OP_THREADS.get().max(0) as usize
 }
 
 pub fn memory_budget_bytes() -> u64 {
     MEMORY_BUDGET.get().max(1) as u64 * 1024 * 1024
 }
 
-/// `pg_vision.preload_models`, split on commas.
-pub fn preload_models() -> Vec<String> {
-    setting(&PRELOAD_MODELS)
-        .split(',')
-        .map(|m| m.trim().trim_matches('"').to_owned())
-        .filter(|m| !m.is_empty())
-        .collect()
+/// `pg_vision.preload_models`, split as PostgreSQL splits list settings (`SplitGUCList`:
+/// commas, optional whitespace, double-quoted names); `Err` with a message when the list
+/// is malformed.
+pub fn preload_models() -> Result<Vec<String>, String> {
+    let Some(value) = PRELOAD_MODELS.get() else { return Ok(Vec::new()) };
+    // SAFETY: SplitGUCList writes into its argument, so it gets a palloc'd copy; the list's
+    // elements point into that copy and are copied out before both are freed.
+    unsafe {
+        let raw = pg_sys::pstrdup(value.as_ptr());
+        let mut list: *mut pg_sys::List = std::ptr::null_mut();
+        let ok = pg_sys::SplitGUCList(raw, b',' as std::ffi::c_char, &mut list);
+        let names: Vec<String> = pgrx::PgList::<std::ffi::c_char>::from_pg(list)
+            .iter_ptr()
+            .map(|n| CStr::from_ptr(n).to_string_lossy().into_owned())
+            .collect();
+        pg_sys::list_free(list);
+        pg_sys::pfree(raw.cast());
+        if ok {
+            Ok(names)
+        } else {
+            Err(format!("pg_vision.preload_models: invalid list syntax in \"{}\"", value.to_string_lossy()))
+        }
+    }
 }
 
 /// The decoder's options: each limit is the smaller of the session's setting and the

@@ -4,8 +4,8 @@ use pgrx::prelude::*;
 
 use pg_vision_core::decode;
 
-use crate::errors::OrRaise;
 use crate::guc;
+use crate::sql_errors::OrRaise;
 
 /// Format, stored width and height, EXIF orientation (1-8) and transparency, read from
 /// the header without decoding the pixels.

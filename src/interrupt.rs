@@ -8,7 +8,8 @@
 //! `Kind::Interrupted`. Only then does `run` let PostgreSQL process the interrupt, on the
 //! backend's own thread.
 
-use pg_vision_core::decode::{self, Options};
+use pg_vision_core::decode::Options;
+use pg_vision_core::error::never;
 use pg_vision_core::{Kind, Result};
 use pgrx::pg_sys;
 
@@ -42,7 +43,7 @@ pub fn run<T>(mut work: impl FnMut(&Options) -> Result<T>) -> Result<T> {
             Err(e) if e.kind == Kind::Interrupted => {
                 pgrx::check_for_interrupts!();
                 if attempt >= RETRIES {
-                    opts.stop = decode::never;
+                    opts.stop = never;
                 }
             }
             other => return other,

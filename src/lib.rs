@@ -4,12 +4,12 @@
 //! - `guc.rs`: every setting
 //! - `interrupt.rs`: query cancel and termination, with worker threads running
 //! - `vector.rs`: pgvector `vector` datums
-//! - `errors.rs`: core errors to SQLSTATEs
-//! - `cache.rs`: the per-backend model cache
+//! - `sql_errors.rs`: core errors to SQLSTATEs, their facts to SQL wording (settings, functions)
+//! - `cache.rs`: the per-backend model cache, loading within the memory budget
 //! - `budget.rs`: the memory budget's table (shared memory, or per backend)
-//! - `memory.rs`: pg_vision_memory and its summary
+//! - `memory_views.rs`: pg_vision_memory and pg_vision_memory_summary
 //! - `warmup.rs`: pg_vision_warmup and pg_vision.preload_models
-//! - `embed.rs`: the embedding functions
+//! - `embed.rs`: the embedding functions and the model listings
 //! - `images.rs`: image_info, image_checksum, image_from_base64
 //! - `../sql/trigger.sql`, `../sql/backfill.sql`: the indexing trigger and the backfill procedure
 //! - `../sql/privileges.sql`: what PUBLIC may call, what needs a grant
@@ -19,11 +19,11 @@ use pgrx::prelude::*;
 mod budget;
 mod cache;
 mod embed;
-mod errors;
 mod guc;
 mod images;
 mod interrupt;
-mod memory;
+mod memory_views;
+mod sql_errors;
 mod vector;
 mod warmup;
 

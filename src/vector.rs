@@ -11,28 +11,16 @@ use pgrx::pgrx_sql_entity_graph::metadata::{
     ArgumentError, ReturnsError, ReturnsRef, SqlMappingRef, SqlTranslatable, TypeOrigin,
 };
 
+use pg_vision_core::output::check_vector;
 use pg_vision_core::{Error, Kind};
-
-/// pgvector's VECTOR_MAX_DIM.
-pub const MAX_DIM: usize = 16000;
 
 pub struct Vector(pub Vec<f32>);
 
 impl Vector {
-    /// Rejects what pgvector itself would reject: NaN, infinity, empty or oversized vectors.
+    /// Rejects what pgvector itself would reject: NaN, infinity, empty or oversized vectors
+    /// (`pg_vision_core::output::check_vector`).
     pub fn checked(values: Vec<f32>) -> pg_vision_core::Result<Vector> {
-        if values.is_empty() || values.len() > MAX_DIM {
-            return Err(Error::new(
-                Kind::BadModel,
-                format!("a vector must have 1 to {MAX_DIM} dimensions, got {}", values.len()),
-            ));
-        }
-        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(Error::new(
-                Kind::NonFinite,
-                format!("vector value {} at position {i} is not finite", values[i]),
-            ));
-        }
+        check_vector(&values)?;
         Ok(Vector(values))
     }
 
@@ -58,7 +46,7 @@ impl pgrx::IntoDatum for Vector {
     /// pgvector's type (`type_oid`). Only needed to build `vector[]` arrays.
     fn type_oid() -> pg_sys::Oid {
         vector_type_oid().unwrap_or_else(|| {
-            crate::errors::raise(
+            crate::sql_errors::raise(
                 Error::new(Kind::BadModel, "pgvector's type \"vector\" was not found")
                     .with_hint("CREATE EXTENSION vector"),
             )
@@ -160,7 +148,7 @@ unsafe impl BoxRet for Vector {
 #[pgrx::pg_schema]
 mod tests {
     use super::Vector;
-    use crate::errors::OrRaise;
+    use crate::sql_errors::OrRaise;
     use pgrx::prelude::*;
 
     /// Test-only: a vector from an array, through the same datum builder the embedding

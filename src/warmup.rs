@@ -24,8 +24,8 @@ use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 
 use crate::cache;
-use crate::errors::OrRaise;
 use crate::guc;
+use crate::sql_errors::{in_sql_terms, OrRaise};
 
 /// Loads every tower of the given models in this connection now; returns what is loaded,
 /// its measured memory and its load time (`loaded_now` false: it already was).
@@ -48,9 +48,13 @@ fn pg_vision_warmup(
 /// Loads `pg_vision.preload_models` and returns a message for each model that could not
 /// be loaded; any failure, error or panic, ends up there.
 fn preload() -> Vec<String> {
+    let names = match guc::preload_models() {
+        Ok(names) => names,
+        Err(malformed) => return vec![malformed],
+    };
     let mut failures = Vec::new();
-    for name in guc::preload_models() {
-        let outcome = PgTryBuilder::new(|| cache::warm(&name).map_err(|e| e.to_string()))
+    for name in names {
+        let outcome = PgTryBuilder::new(|| cache::warm(&name).map_err(|e| in_sql_terms(e).to_string()))
             .catch_others(|caught| {
                 Err(match caught {
                     CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.message().to_owned(),

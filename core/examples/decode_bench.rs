@@ -67,10 +67,10 @@ fn main() {
             let mut out = vec![0f32; preprocess::tensor_len(&m)];
             let mut decoded = (0, 0);
             let dec = median_ms(|| {
-                let img = decode::decode_rgb8(&bytes, m.alpha, &opts, min_side).unwrap();
+                let img = decode::decode_rgb8(&bytes, preprocess::transparency(&m), &opts, min_side).unwrap();
                 decoded = (img.width, img.height);
             });
-            let img = decode::decode_rgb8(&bytes, m.alpha, &opts, min_side).unwrap();
+            let img = decode::decode_rgb8(&bytes, preprocess::transparency(&m), &opts, min_side).unwrap();
             let pre = median_ms(|| preprocess::preprocess(&img, &m, &mut out).unwrap());
             println!(
                 "  embed path, jpeg_dct_scaling {:<3}: decode {dec:6.2} ms ({}x{}) + preprocess {pre:5.2} ms = {:6.2} ms",

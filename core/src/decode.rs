@@ -1,21 +1,20 @@
 //! Image bytes to an upright 8-bit RGB buffer: format detection, size limits checked
-//! before the large allocation, EXIF orientation, and the manifest's transparency rule.
+//! before the large allocation, EXIF orientation, and a transparency rule (a model's
+//! manifest picks it: `preprocess::transparency`).
 
 use std::io::Cursor;
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 
-use crate::error::{Error, Kind, Result};
+use crate::error::{check_stop, never, Error, Fact, Kind, Limit, Result};
 use crate::jpeg;
-use crate::manifest::Alpha;
 
 /// The formats pg_vision decodes (the `image` crate features enabled in Cargo.toml).
 pub const SUPPORTED: &str = "JPEG, PNG, WebP, GIF (first frame), BMP, TIFF";
 
-/// What the decoder may do: its size limits (`pg_vision.max_image_pixels`,
-/// `pg_vision.max_image_bytes`), whether big JPEGs may be decoded at a reduced DCT
-/// scale (`pg_vision.jpeg_dct_scaling`), whether damaged files are accepted, and how to
-/// learn that the host wants the work stopped.
+/// What the decoder may do: its size limits, whether big JPEGs may be decoded at a
+/// reduced DCT scale, whether damaged files are accepted, and how to learn that the host
+/// wants the work stopped. (The extension sets each from a setting: `src/guc.rs`.)
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     /// Width x height above which an image is rejected before it is decoded.
@@ -32,9 +31,13 @@ pub struct Options {
     pub stop: fn() -> bool,
 }
 
-/// A `stop` that never stops.
-pub fn never() -> bool {
-    false
+/// What becomes of transparent pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transparency {
+    /// Composite them onto white (product photos on transparent backgrounds).
+    OntoWhite,
+    /// Ignore the alpha channel, keeping the stored colour (Pillow's `convert("RGB")`).
+    Ignore,
 }
 
 impl Default for Options {
@@ -52,17 +55,8 @@ impl Default for Options {
 impl Options {
     /// `Err(Interrupted)` if the host asked to stop.
     pub fn check_stop(&self) -> Result<()> {
-        if (self.stop)() {
-            Err(interrupted())
-        } else {
-            Ok(())
-        }
+        check_stop(&self.stop)
     }
-}
-
-/// The error for work stopped by `Options::stop`.
-pub fn interrupted() -> Error {
-    Error::new(Kind::Interrupted, "stopped on request")
 }
 
 /// An upright, opaque 8-bit RGB image, rows packed.
@@ -152,7 +146,8 @@ pub fn detect_format(bytes: &[u8]) -> Result<ImageFormat> {
                 Kind::InvalidImage,
                 format!("bytes are not a recognised image ({} bytes, starting {})", bytes.len(), head.join(" ")),
             )
-            .with_hint(format!("send the raw file bytes of a {SUPPORTED} image; base64 text must be decoded first: image_from_base64(text)")))
+            .with_hint(format!("send the raw file bytes of a {SUPPORTED} image; base64 text must be decoded first"))
+            .with_fact(Fact::NotAnImage))
         }
     }
 }
@@ -173,7 +168,7 @@ fn decode_error(format: ImageFormat, e: image::ImageError) -> Error {
             Error::new(Kind::UnsupportedFormat, format!("{} variant not supported: {u}", format_name(format)))
                 .with_hint(format!("re-encode it as a plain {SUPPORTED} image"))
         }
-        image::ImageError::IoError(io) if io.get_ref().is_some_and(|e| e.is::<Stopped>()) => interrupted(),
+        image::ImageError::IoError(io) if io.get_ref().is_some_and(|e| e.is::<Stopped>()) => Error::interrupted(),
         image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => Error::new(
             Kind::InvalidImage,
             format!("{} image is truncated: its data ends before the picture does", format_name(format)),
@@ -249,7 +244,12 @@ fn open<'a>(bytes: &'a [u8], limits: &Options) -> Result<(ImageFormat, impl Imag
             Kind::ImageTooLarge,
             format!("image is {} bytes, over the limit of {} bytes", bytes.len(), limits.max_bytes),
         )
-        .with_hint("downscale or recompress the image before sending it"));
+        .with_hint("downscale or recompress the image before sending it")
+        .with_fact(Fact::OverLimit {
+            limit: Limit::ImageBytes,
+            value: bytes.len() as u64,
+            max: limits.max_bytes,
+        }));
     }
     let format = detect_format(bytes)?;
     if format == ImageFormat::WebP {
@@ -268,7 +268,8 @@ fn open<'a>(bytes: &'a [u8], limits: &Options) -> Result<(ImageFormat, impl Imag
             Kind::ImageTooLarge,
             format!("image is {w}x{h} = {pixels} pixels, over the limit of {} pixels", limits.max_pixels),
         )
-        .with_hint("downscale the image before sending it"));
+        .with_hint("downscale the image before sending it")
+        .with_fact(Fact::OverLimit { limit: Limit::ImagePixels, value: pixels, max: limits.max_pixels }));
     }
     if pixels == 0 {
         return Err(Error::new(Kind::InvalidImage, format!("{} image has no pixels ({w}x{h})", format_name(format))));
@@ -309,8 +310,8 @@ fn check_webp_chunks(bytes: &[u8]) -> Result<()> {
 
 /// Decodes base64 text, plain (whitespace and line breaks allowed, padding optional) or
 /// a `data:<mime>;base64,` URL, as JSON clients send images. The decoded size is computed
-/// from the count of non-whitespace characters and checked against `max_bytes`
-/// (`pg_vision.max_image_bytes`) before anything sized by the text is allocated.
+/// from the count of non-whitespace characters and checked against `max_bytes` before
+/// anything sized by the text is allocated.
 pub fn from_base64(text: &str, max_bytes: u64) -> Result<Vec<u8>> {
     use base64::Engine;
     let body = match text.trim_start().strip_prefix("data:") {
@@ -336,9 +337,10 @@ pub fn from_base64(text: &str, max_bytes: u64) -> Result<Vec<u8>> {
     if decoded > max_bytes {
         return Err(Error::new(
             Kind::ImageTooLarge,
-            format!("base64 image decodes to {decoded} bytes, over the limit of {max_bytes} bytes (pg_vision.max_image_bytes)"),
+            format!("base64 image decodes to {decoded} bytes, over the limit of {max_bytes} bytes"),
         )
-        .with_hint("raise pg_vision.max_image_bytes, or downscale the image before sending it"));
+        .with_hint("downscale the image before sending it")
+        .with_fact(Fact::OverLimit { limit: Limit::Base64Bytes, value: decoded, max: max_bytes }));
     }
     let clean: Vec<u8> = significant().collect();
     let engine = base64::engine::GeneralPurpose::new(
@@ -375,14 +377,14 @@ fn orientation_code(o: image::metadata::Orientation) -> u8 {
     }
 }
 
-/// Decodes, applies EXIF orientation and removes transparency as the manifest says.
+/// Decodes, applies EXIF orientation and removes transparency as `alpha` says.
 /// A JPEG may come out smaller than stored, down to a shorter side of `min_short_side`
 /// pixels (`jpeg.rs`; only with `opts.jpeg_dct_scaling`, and 0 means full size).
 ///
 /// Peak memory: the decoder's own buffer (up to 8 bytes a pixel, RGBA 16-bit), plus the
 /// 8-bit RGB(A) copy made from it; the orientation is applied after the reduction to
 /// 8-bit RGB, so a 90-degree turn copies 3 bytes a pixel, not 8.
-pub fn decode_rgb8(bytes: &[u8], alpha: Alpha, opts: &Options, min_short_side: u32) -> Result<Rgb8> {
+pub fn decode_rgb8(bytes: &[u8], alpha: Transparency, opts: &Options, min_short_side: u32) -> Result<Rgb8> {
     let (format, mut decoder) = open(bytes, opts)?;
     // A missing or unreadable EXIF block means "upright", as every viewer treats it.
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
@@ -426,7 +428,7 @@ pub fn decode_rgb8(bytes: &[u8], alpha: Alpha, opts: &Options, min_short_side: u
     }
     let img = DynamicImage::from_decoder(decoder).map_err(|e| decode_error(format, e))?;
     opts.check_stop()?;
-    let rgb = if img.color().has_alpha() && alpha == Alpha::White {
+    let rgb = if img.color().has_alpha() && alpha == Transparency::OntoWhite {
         let rgba = img.into_rgba8();
         let (w, h) = rgba.dimensions();
         image::RgbImage::from_raw(w, h, composite_on_white(rgba.as_raw())).expect("3 bytes a pixel")
@@ -464,7 +466,7 @@ fn composite_on_white(rgba: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image::{ImageBuffer, RgbImage};
+    use image::RgbImage;
 
     fn encode(img: DynamicImage, f: ImageFormat) -> Vec<u8> {
         let mut out = Cursor::new(Vec::new());
@@ -477,12 +479,12 @@ mod tests {
         let mut rgb = RgbImage::new(4, 2);
         rgb.put_pixel(0, 0, image::Rgb([255, 0, 0]));
         let png = encode(DynamicImage::ImageRgb8(rgb.clone()), ImageFormat::Png);
-        let d = decode_rgb8(&png, Alpha::White, &Options::default(), 0).unwrap();
+        let d = decode_rgb8(&png, Transparency::OntoWhite, &Options::default(), 0).unwrap();
         assert_eq!((d.width, d.height), (4, 2));
         assert_eq!(&d.data[..6], &[255, 0, 0, 0, 0, 0]);
         let jpg =
             encode(DynamicImage::ImageRgb8(RgbImage::from_pixel(16, 8, image::Rgb([200, 100, 50]))), ImageFormat::Jpeg);
-        let d = decode_rgb8(&jpg, Alpha::White, &Options::default(), 0).unwrap();
+        let d = decode_rgb8(&jpg, Transparency::OntoWhite, &Options::default(), 0).unwrap();
         assert_eq!((d.width, d.height, d.data.len()), (16, 8, 16 * 8 * 3));
         assert!((d.data[0] as i32 - 200).abs() <= 3, "{}", d.data[0]);
         let i = info(&jpg, &Options::default()).unwrap();
@@ -492,11 +494,11 @@ mod tests {
     #[test]
     fn alpha_rules() {
         // Transparent red-stored pixel and a half-transparent black one.
-        let img = ImageBuffer::from_vec(2, 1, vec![255u8, 0, 0, 0, 0, 0, 0, 128]).unwrap();
+        let img = image::RgbaImage::from_raw(2, 1, vec![255u8, 0, 0, 0, 0, 0, 0, 128]).unwrap();
         let png = encode(DynamicImage::ImageRgba8(img), ImageFormat::Png);
-        let white = decode_rgb8(&png, Alpha::White, &Options::default(), 0).unwrap();
+        let white = decode_rgb8(&png, Transparency::OntoWhite, &Options::default(), 0).unwrap();
         assert_eq!(white.data, vec![255, 255, 255, 127, 127, 127]);
-        let drop = decode_rgb8(&png, Alpha::Drop, &Options::default(), 0).unwrap();
+        let drop = decode_rgb8(&png, Transparency::Ignore, &Options::default(), 0).unwrap();
         assert_eq!(drop.data, vec![255, 0, 0, 0, 0, 0]);
     }
 
@@ -504,16 +506,20 @@ mod tests {
     fn limits_checked_before_decoding() {
         let png = encode(DynamicImage::ImageRgb8(RgbImage::new(300, 200)), ImageFormat::Png);
         let small = Options { max_pixels: 59_999, max_bytes: 1 << 20, ..Options::default() };
-        let e = decode_rgb8(&png, Alpha::White, &small, 0).unwrap_err();
+        let e = decode_rgb8(&png, Transparency::OntoWhite, &small, 0).unwrap_err();
         assert_eq!(e.kind, Kind::ImageTooLarge);
         assert!(e.message.contains("300x200 = 60000 pixels, over the limit of 59999"), "{}", e.message);
-        let e =
-            decode_rgb8(&png, Alpha::White, &Options { max_pixels: 1 << 30, max_bytes: 10, ..Options::default() }, 0)
-                .unwrap_err();
+        let e = decode_rgb8(
+            &png,
+            Transparency::OntoWhite,
+            &Options { max_pixels: 1 << 30, max_bytes: 10, ..Options::default() },
+            0,
+        )
+        .unwrap_err();
         assert_eq!(e.kind, Kind::ImageTooLarge);
         assert!(decode_rgb8(
             &png,
-            Alpha::White,
+            Transparency::OntoWhite,
             &Options { max_pixels: 60_000, max_bytes: 1 << 20, ..Options::default() },
             0
         )
@@ -536,7 +542,7 @@ mod tests {
             ImageFormat::WebP,
         ] {
             let bytes = encode(img.clone(), f);
-            for alpha in [Alpha::White, Alpha::Drop] {
+            for alpha in [Transparency::OntoWhite, Transparency::Ignore] {
                 let e = decode_rgb8(&bytes, alpha, &stopping, 0).unwrap_err();
                 assert_eq!(e.kind, Kind::Interrupted, "{f:?}: {e}");
             }
@@ -548,7 +554,8 @@ mod tests {
             }
             POLLS.store(0, std::sync::atomic::Ordering::SeqCst);
             let e =
-                decode_rgb8(&bytes, Alpha::White, &Options { stop: after_first, ..Options::default() }, 0).unwrap_err();
+                decode_rgb8(&bytes, Transparency::OntoWhite, &Options { stop: after_first, ..Options::default() }, 0)
+                    .unwrap_err();
             assert_eq!(e.kind, Kind::Interrupted, "{f:?}: {e}");
         }
     }
@@ -559,7 +566,7 @@ mod tests {
         let bomb = include_bytes!("../fuzz/regressions/decode_preprocess/oom-webp-exif-chunk-2969567258-bytes.webp");
         for e in [
             info(bomb, &Options::default()).unwrap_err(),
-            decode_rgb8(bomb, Alpha::White, &Options::default(), 0).unwrap_err(),
+            decode_rgb8(bomb, Transparency::OntoWhite, &Options::default(), 0).unwrap_err(),
         ] {
             assert_eq!(e.kind, Kind::InvalidImage, "{e}");
             assert!(e.message.contains("chunk declares 2969567258 bytes"), "{e}");
@@ -569,7 +576,7 @@ mod tests {
             DynamicImage::ImageRgba8(image::RgbaImage::from_fn(33, 17, |x, y| image::Rgba([x as u8, y as u8, 7, 200])));
         let webp = encode(img, ImageFormat::WebP);
         check_webp_chunks(&webp).unwrap();
-        assert!(decode_rgb8(&webp, Alpha::White, &Options::default(), 0).is_ok());
+        assert!(decode_rgb8(&webp, Transparency::OntoWhite, &Options::default(), 0).is_ok());
         // Pillow's WebPs (lossy, lossless, alpha, EXIF; the fuzz seeds) pass too.
         let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/decode_preprocess");
         let mut checked = 0;
@@ -594,15 +601,16 @@ mod tests {
             DynamicImage::ImageRgb8(RgbImage::from_fn(256, 192, |x, y| image::Rgb([x as u8, y as u8, (x ^ y) as u8])));
         let jpg = encode(img, ImageFormat::Jpeg);
         let cut = &jpg[..jpg.len() * 6 / 10];
-        let e = decode_rgb8(cut, Alpha::White, &Options::default(), 0).unwrap_err();
+        let e = decode_rgb8(cut, Transparency::OntoWhite, &Options::default(), 0).unwrap_err();
         assert_eq!(e.kind, Kind::InvalidImage);
         assert!(e.message.contains("truncated"), "{e}");
-        let d = decode_rgb8(cut, Alpha::White, &Options { accept_damaged: true, ..Options::default() }, 0).unwrap();
+        let d = decode_rgb8(cut, Transparency::OntoWhite, &Options { accept_damaged: true, ..Options::default() }, 0)
+            .unwrap();
         assert_eq!((d.width, d.height), (256, 192));
         // A whole JPEG with trailing bytes after its end marker is fine.
         let mut trailing = jpg.clone();
         trailing.extend_from_slice(b"trailing bytes some cameras append");
-        assert!(decode_rgb8(&trailing, Alpha::White, &Options::default(), 0).is_ok());
+        assert!(decode_rgb8(&trailing, Transparency::OntoWhite, &Options::default(), 0).is_ok());
     }
 
     #[test]
@@ -622,7 +630,7 @@ mod tests {
             DynamicImage::ImageRgb8(RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8, y as u8, 7]))),
             ImageFormat::Png,
         );
-        let e = decode_rgb8(&png[..png.len() / 2], Alpha::White, &Options::default(), 0).unwrap_err();
+        let e = decode_rgb8(&png[..png.len() / 2], Transparency::OntoWhite, &Options::default(), 0).unwrap_err();
         assert_eq!(e.kind, Kind::InvalidImage, "{e}");
     }
 
@@ -659,7 +667,7 @@ mod tests {
         let jpg = encode(DynamicImage::ImageRgb8(RgbImage::new(32, 16)), ImageFormat::Jpeg);
         let tagged = with_exif_orientation(&jpg, 6);
         assert_eq!(info(&tagged, &Options::default()).unwrap().orientation, 6);
-        let d = decode_rgb8(&tagged, Alpha::White, &Options::default(), 0).unwrap();
+        let d = decode_rgb8(&tagged, Transparency::OntoWhite, &Options::default(), 0).unwrap();
         assert_eq!((d.width, d.height), (16, 32));
     }
 
@@ -667,7 +675,7 @@ mod tests {
     fn big_jpegs_decode_at_a_reduced_scale_only_when_allowed() {
         let img = RgbImage::from_fn(2048, 1536, |x, y| image::Rgb([(x / 8) as u8, (y / 8) as u8, 128]));
         let jpg = encode(DynamicImage::ImageRgb8(img), ImageFormat::Jpeg);
-        let d = decode_rgb8(&jpg, Alpha::White, &Options::default(), 512).unwrap();
+        let d = decode_rgb8(&jpg, Transparency::OntoWhite, &Options::default(), 512).unwrap();
         // 1536 / 2 = 768 >= 512; / 4 = 384 is too small.
         assert_eq!((d.width, d.height, d.full_width, d.full_height, d.scale), (1024, 768, 2048, 1536, 0.5));
         assert_eq!(d.data.len(), 1024 * 768 * 3);
@@ -675,14 +683,15 @@ mod tests {
         let px = &d.data[(50 * 1024 + 100) * 3..][..3];
         assert!((px[0] as i32 - 25).abs() <= 2 && (px[1] as i32 - 12).abs() <= 2, "{px:?}");
         let off = Options { jpeg_dct_scaling: false, ..Options::default() };
-        let d = decode_rgb8(&jpg, Alpha::White, &off, 512).unwrap();
+        let d = decode_rgb8(&jpg, Transparency::OntoWhite, &off, 512).unwrap();
         assert_eq!((d.width, d.height, d.scale), (2048, 1536, 1.0));
         // EXIF orientation 6 turns the reduced image and its full size alike.
-        let d = decode_rgb8(&with_exif_orientation(&jpg, 6), Alpha::White, &Options::default(), 512).unwrap();
+        let d =
+            decode_rgb8(&with_exif_orientation(&jpg, 6), Transparency::OntoWhite, &Options::default(), 512).unwrap();
         assert_eq!((d.width, d.height, d.full_width, d.full_height), (768, 1024, 1536, 2048));
         // CMYK goes through the general decoder, at full size.
         let cmyk = include_bytes!("../fuzz/corpus/decode_preprocess/jpeg_cmyk.jpg");
-        let d = decode_rgb8(cmyk, Alpha::White, &Options::default(), 1).unwrap();
+        let d = decode_rgb8(cmyk, Transparency::OntoWhite, &Options::default(), 1).unwrap();
         assert_eq!(d.scale, 1.0);
     }
 

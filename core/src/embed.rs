@@ -3,12 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use crate::decode::{self, Options};
-use crate::error::Result;
-use crate::error::{Error, Kind};
-use crate::manifest::Manifest;
-use crate::model::{Model, Run};
-use crate::preprocess;
+use crate::decode::{self, Options, Rgb8};
+use crate::error::{Error, Fact, Kind, Limit, Result};
+use crate::image_model::{ImageModel, Run};
+use crate::manifest::{Manifest, Output};
+use crate::session::Arena;
+use crate::{heap, preprocess, runtime};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Timings {
@@ -17,16 +17,22 @@ pub struct Timings {
     pub inference: Duration,
 }
 
-/// Embeds one image; `output` selects an extra output instead of the embedding.
+/// Decodes an image as the model's manifest wants it: its transparency rule, and no
+/// smaller than its resize needs (`preprocess::min_decode_side`).
+fn decode_for(m: &Manifest, bytes: &[u8], opts: &Options) -> Result<Rgb8> {
+    decode::decode_rgb8(bytes, preprocess::transparency(m), opts, preprocess::min_decode_side(m))
+}
+
+/// Embeds one image, or returns another of the model's outputs.
 pub fn embed_image(
-    model: &mut Model,
+    model: &mut ImageModel,
     bytes: &[u8],
     opts: &Options,
-    output: Option<&str>,
+    output: Output<'_>,
 ) -> Result<(Vec<f32>, Timings)> {
     let mut t = Timings::default();
     let start = Instant::now();
-    let img = decode::decode_rgb8(bytes, model.manifest.alpha, opts, preprocess::min_decode_side(&model.manifest))?;
+    let img = decode_for(&model.manifest, bytes, opts)?;
     t.decode = start.elapsed();
     opts.check_stop()?;
     let start = Instant::now();
@@ -54,12 +60,11 @@ pub fn prepare_parallel(
 ) -> Result<()> {
     let len = preprocess::tensor_len(m);
     let prepare = |bytes: &[u8], slot: &mut [f32]| -> Result<()> {
-        let img = decode::decode_rgb8(bytes, m.alpha, opts, preprocess::min_decode_side(m))?;
-        preprocess::preprocess(&img, m, slot)
+        preprocess::preprocess(&decode_for(m, bytes, opts)?, m, slot)
     };
     let threads = threads.clamp(1, images.len().max(1));
     let per_thread = images.len().div_ceil(threads);
-    let results: Vec<Result<()>> = crate::runtime::with_signals_blocked(|| {
+    let results: Vec<Result<()>> = runtime::with_signals_blocked(|| {
         std::thread::scope(|s| {
             let handles: Vec<_> = images
                 .chunks(per_thread)
@@ -83,7 +88,7 @@ pub fn prepare_parallel(
     // An interrupt wins over image errors (the host raises its own error); otherwise the
     // first failing image in input order, so the error is deterministic.
     if results.iter().any(|r| matches!(r, Err(e) if e.kind == Kind::Interrupted)) {
-        return Err(crate::decode::interrupted());
+        return Err(Error::interrupted());
     }
     results.into_iter().collect()
 }
@@ -109,38 +114,71 @@ pub const MAX_DECODE_THREADS: usize = 4;
 /// leave free (at least one, at most `MAX_DECODE_THREADS`), so decoding does not preempt
 /// inference. `model_threads` 0 means one per core, as in ONNX Runtime.
 pub fn decode_threads(model_threads: usize) -> usize {
-    let cores = crate::runtime::cores();
+    let cores = runtime::cores();
     let model_threads = if model_threads == 0 { cores } else { model_threads.min(cores) };
     cores.saturating_sub(model_threads).clamp(1, MAX_DECODE_THREADS)
 }
 
-/// Embeds many images, `batch` at a time (1 to `MAX_BATCH`). A producer thread decodes
-/// and preprocesses batch b+1 (on `threads` threads, `prepare_parallel`) while the calling
+/// How `embed_images` splits its work: images per model run, and threads that decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    size: usize,
+    decode_threads: Option<usize>,
+}
+
+impl Batching {
+    /// `size` images per model run: 1 to `MAX_BATCH`, checked here before any work.
+    /// Decoding gets the cores the model leaves free (`decode_threads`).
+    pub fn new(size: i64) -> Result<Batching> {
+        if size < 1 {
+            return Err(Error::new(Kind::InvalidArgument, "batch size must be at least 1"));
+        }
+        if size > MAX_BATCH as i64 {
+            return Err(Error::new(Kind::LimitExceeded, format!("batch size {size} is over the limit of {MAX_BATCH}"))
+                .with_hint(format!(
+                    "use a batch size of 1 to {MAX_BATCH}: larger batches are not faster on CPU, only bigger in memory"
+                ))
+                .with_fact(Fact::OverLimit { limit: Limit::BatchSize, value: size as u64, max: MAX_BATCH as u64 }));
+        }
+        Ok(Batching { size: size as usize, decode_threads: None })
+    }
+
+    /// Decodes on `threads` threads (1 to `MAX_DECODE_THREADS`) whatever the model uses.
+    pub fn with_decode_threads(self, threads: usize) -> Batching {
+        Batching { decode_threads: Some(threads.clamp(1, MAX_DECODE_THREADS)), ..self }
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+}
+
+/// Embeds many images, `batching.size()` at a time. A producer thread decodes and
+/// preprocesses batch b+1 (on several threads, `prepare_parallel`) while the calling
 /// thread runs batch b through the model, so decoding and inference overlap instead of
 /// taking turns. `opts.stop` is polled before each batch, by the decoders and by the model
 /// run; when it fires, the producer is stopped and joined before this returns
 /// `Kind::Interrupted`, so no thread outlives the call. An unwinding panic stops the
 /// producer the same way: it is blocked sending into a channel whose receiver is gone.
 pub fn embed_images(
-    model: &mut Model,
+    model: &mut ImageModel,
     images: &[&[u8]],
     opts: &Options,
-    batch: usize,
-    threads: usize,
+    batching: Batching,
 ) -> Result<Vec<Vec<f32>>> {
-    check_batch(batch)?;
+    let batch = batching.size;
+    let threads = batching.decode_threads.unwrap_or_else(|| decode_threads(model.intra_threads));
     let manifest = model.manifest.clone();
     let len = preprocess::tensor_len(&manifest);
     let batches = images.len().div_ceil(batch);
     let mut vectors = Vec::new();
     vectors.try_reserve_exact(images.len()).map_err(|_| out_of_memory(images.len()))?;
-    let threads = threads.clamp(1, MAX_DECODE_THREADS);
     std::thread::scope(|s| -> Result<()> {
         // Declared inside the scope: dropping `ready` on any early exit is what releases
         // the producer, and the scope waits for it.
         let (tx, ready) = std::sync::mpsc::sync_channel::<Result<Vec<f32>>>(1);
         let manifest = &manifest;
-        crate::runtime::with_signals_blocked(|| {
+        runtime::with_signals_blocked(|| {
             s.spawn(move || {
                 for (b, chunk) in images.chunks(batch).enumerate() {
                     let prepared = batch_tensor(chunk.len() * len).and_then(|mut input| {
@@ -157,33 +195,15 @@ pub fn embed_images(
             opts.check_stop()?;
             let input =
                 ready.recv().map_err(|_| Error::new(Kind::InvalidImage, "image decoding stopped unexpectedly"))??;
-            let last = b + 1 == batches;
-            vectors.extend(model.run(
-                &input,
-                input.len() / len,
-                Run { shrink_arena: last, stop: opts.stop, ..Run::default() },
-            )?);
+            let arena = if b + 1 == batches { Arena::Shrink } else { Arena::Keep };
+            vectors.extend(model.run(&input, input.len() / len, Run { arena, stop: opts.stop, ..Run::default() })?);
         }
         Ok(())
     })?;
     // The batch's decoded images and the arena's released activations are far bigger
     // than a single call's; give the freed pages back rather than leave them resident.
-    crate::memory::release_free_pages();
+    heap::release_free_pages();
     Ok(vectors)
-}
-
-/// `batch` must be 1 to `MAX_BATCH`.
-pub fn check_batch(batch: usize) -> Result<()> {
-    if batch == 0 {
-        return Err(Error::new(Kind::InvalidArgument, "batch size must be at least 1"));
-    }
-    if batch > MAX_BATCH {
-        return Err(Error::new(Kind::LimitExceeded, format!("batch size {batch} is over the limit of {MAX_BATCH}"))
-            .with_hint(format!(
-                "use a batch size of 1 to {MAX_BATCH}: larger batches are not faster on CPU, only bigger in memory"
-            )));
-    }
-    Ok(())
 }
 
 /// A zeroed tensor of `len` floats, allocated fallibly.
@@ -227,12 +247,7 @@ mod tests {
         prepare_parallel(&m, &refs, 1, &Options::default(), 3, &mut parallel).unwrap();
         for (i, f) in refs.iter().enumerate() {
             let mut one = vec![0f32; len];
-            preprocess::preprocess(
-                &decode::decode_rgb8(f, m.alpha, &Options::default(), preprocess::min_decode_side(&m)).unwrap(),
-                &m,
-                &mut one,
-            )
-            .unwrap();
+            preprocess::preprocess(&decode_for(&m, f, &Options::default()).unwrap(), &m, &mut one).unwrap();
             assert_eq!(&parallel[i * len..(i + 1) * len], &one[..], "image {i}");
         }
     }
@@ -248,56 +263,27 @@ mod tests {
         assert!(e.message.starts_with("image 13 (1-based): bytes are not a recognised image"), "{}", e.message);
     }
 
-    /// The pipelined batch path against one-at-a-time embedding, with a cancel and a bad
-    /// image; runs EfficientNet-Lite0 (make models) in a child process.
     #[test]
-    fn embed_images_equals_single_and_stops_if_available() {
-        let dir = crate::testing::models_dir();
-        let Some(library) = crate::testing::ort_child(
-            "embed::tests::embed_images_equals_single_and_stops_if_available",
-            &[&dir.join("efficientnet-lite0.onnx")],
-        ) else {
-            return;
-        };
-        let opts = crate::model::SessionOptions { library, intra_threads: 1 };
-        let mut model = Model::load(&dir, "efficientnet", &opts).unwrap();
-        let files: Vec<Vec<u8>> = (1..=7).map(|i| png(200 + i * 30, 180 + i * 7, (i as u8).wrapping_mul(53))).collect();
-        let refs: Vec<&[u8]> = files.iter().map(|f| f.as_slice()).collect();
-        let batched = embed_images(&mut model, &refs, &Options::default(), 3, 2).unwrap();
-        assert_eq!(batched.len(), 7);
-        for (i, f) in refs.iter().enumerate() {
-            let (one, _) = embed_image(&mut model, f, &Options::default(), None).unwrap();
-            let worst = one.iter().zip(&batched[i]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(worst < 1e-3, "image {i}: batched differs from single by {worst}");
+    fn batch_sizes_are_checked() {
+        assert_eq!(Batching::new(3).unwrap().size(), 3);
+        assert_eq!(Batching::new(MAX_BATCH as i64).unwrap().size(), MAX_BATCH);
+        for bad in [0, -1, i64::MIN] {
+            let e = Batching::new(bad).unwrap_err();
+            assert_eq!((e.kind, e.message.as_str()), (Kind::InvalidArgument, "batch size must be at least 1"));
         }
-        assert_ne!(batched[0], batched[1]);
+        let e = Batching::new(MAX_BATCH as i64 + 1).unwrap_err();
+        assert_eq!(e.kind, Kind::LimitExceeded);
+        assert_eq!(e.message, "batch size 65 is over the limit of 64");
+        assert_eq!(e.fact, Some(Fact::OverLimit { limit: Limit::BatchSize, value: 65, max: 64 }));
+        let two = Batching::new(2).unwrap().with_decode_threads(100);
+        assert_eq!(two.decode_threads, Some(MAX_DECODE_THREADS));
+    }
 
-        // A stop request ends the call with Interrupted, whether it arrives before a
-        // batch, while decoding or while the model runs.
-        static POLLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        fn stop_after_a_few() -> bool {
-            POLLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 3
-        }
-        let stopping = Options { stop: stop_after_a_few, ..Options::default() };
-        let e = embed_images(&mut model, &refs, &stopping, 2, 2).unwrap_err();
-        assert_eq!(e.kind, Kind::Interrupted, "{e}");
-        fn always() -> bool {
-            true
-        }
-        let e = embed_image(&mut model, refs[0], &Options { stop: always, ..Options::default() }, None).unwrap_err();
-        assert_eq!(e.kind, Kind::Interrupted, "{e}");
-        // Batch limits are checked before any work.
-        assert_eq!(embed_images(&mut model, &refs, &Options::default(), 0, 2).unwrap_err().kind, Kind::InvalidArgument);
-        assert_eq!(
-            embed_images(&mut model, &refs, &Options::default(), MAX_BATCH + 1, 2).unwrap_err().kind,
-            Kind::LimitExceeded
-        );
-
-        // A bad image fails the call with its position, whichever batch it is in.
-        let mut bad = refs.clone();
-        bad[4] = b"not an image";
-        let e = embed_images(&mut model, &bad, &Options::default(), 2, 2).unwrap_err();
-        assert!(e.message.starts_with("image 5 (1-based)"), "{e}");
-        println!("embed_images ok: 7 images, batches of 3, max difference from single below 1e-3");
+    #[test]
+    fn decode_threads_use_the_cores_inference_leaves() {
+        let cores = runtime::cores();
+        assert_eq!(decode_threads(0), 1);
+        assert_eq!(decode_threads(cores), 1);
+        assert_eq!(decode_threads(1), (cores - 1).clamp(1, MAX_DECODE_THREADS));
     }
 }

@@ -1,5 +1,8 @@
-//! One error type for the whole core. The extension maps each `Kind` to a SQLSTATE
-//! (`src/errors.rs`); the message says what was wrong, the hint what to do.
+//! One error type for the whole core. An error says what was wrong (`message`) and what to
+//! do about it in terms that hold for any host (`hint`). Where a host would say more in
+//! its own terms (its settings, its functions, its set-up commands), the error also
+//! carries the fact behind it (`fact`): the extension maps each `Kind` to a SQLSTATE and
+//! each `Fact` to its SQL wording (`src/sql_errors.rs`).
 
 use std::fmt;
 
@@ -25,7 +28,7 @@ pub enum Kind {
     NonFinite,
     /// A caller-supplied argument is invalid (unknown output name, bad base64, ...).
     InvalidArgument,
-    /// Loading the model would exceed the memory budget (`pg_vision.memory_budget`).
+    /// Loading the model would exceed the memory budget, or an allocation failed.
     OutOfMemory,
     /// An argument is over a fixed limit (batch size, text length): rejected before any
     /// work or allocation sized by it.
@@ -35,21 +38,93 @@ pub enum Kind {
     Interrupted,
 }
 
+/// A limit that an input went over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// Encoded bytes of one image (`decode::Options::max_bytes`).
+    ImageBytes,
+    /// Bytes that one base64 text decodes to (also `decode::Options::max_bytes`).
+    Base64Bytes,
+    /// Width x height of one image (`decode::Options::max_pixels`).
+    ImagePixels,
+    /// Images per model run (`embed::MAX_BATCH`).
+    BatchSize,
+    /// Bytes of one text (`tokenize::MAX_TEXT_BYTES`).
+    TextBytes,
+}
+
+/// Why the ONNX Runtime library could not be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LibraryProblem {
+    /// Its path is relative.
+    NotAbsolute,
+    /// No file at its path.
+    Missing,
+    /// The file is not an ONNX Runtime this build can use.
+    CannotLoad,
+    /// The process already loaded another one.
+    AlreadyLoaded,
+}
+
+/// The fact behind an error, for a host that words it in its own terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fact {
+    /// `value` is over the limit `max`.
+    OverLimit { limit: Limit, value: u64, max: u64 },
+    /// A model name outside the alphabet model names use.
+    InvalidModelName,
+    /// No manifest for the model name in the model directory.
+    UnknownModel,
+    /// The model directory cannot be read.
+    ModelDirUnreadable,
+    /// A text embedding asked of a model without a text tower.
+    NoTextTower,
+    /// Bytes that are not an image in any format (base64 text sent as bytes, say).
+    NotAnImage,
+    /// The ONNX Runtime library cannot be used.
+    RuntimeLibrary(LibraryProblem),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
     pub kind: Kind,
     pub message: String,
     pub hint: Option<String>,
+    pub fact: Option<Fact>,
 }
 
 impl Error {
     pub fn new(kind: Kind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into(), hint: None }
+        Error { kind, message: message.into(), hint: None, fact: None }
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
+    }
+
+    pub fn with_fact(mut self, fact: Fact) -> Self {
+        self.fact = Some(fact);
+        self
+    }
+
+    /// The error for work stopped because the host asked (a `stop` poll returned true).
+    pub fn interrupted() -> Self {
+        Error::new(Kind::Interrupted, "stopped on request")
+    }
+}
+
+/// A `stop` poll that never asks to stop.
+pub fn never() -> bool {
+    false
+}
+
+/// `Err(Error::interrupted())` when `stop()` asks to stop.
+pub fn check_stop(stop: &dyn Fn() -> bool) -> Result<()> {
+    if stop() {
+        Err(Error::interrupted())
+    } else {
+        Ok(())
     }
 }
 

@@ -1,20 +1,37 @@
-//! pg_vision's Postgres-free core: image decoding (`decode`), preprocessing by a model's
-//! recipe (`preprocess`), model manifests (`manifest`), ONNX Runtime (`runtime`, `model`),
-//! what a loaded model costs in memory (`memory`) and the whole image-to-vector path
-//! (`embed`). Nothing here knows about PostgreSQL.
+//! pg_vision's Postgres-free core: image bytes and texts to embedding vectors through
+//! ONNX Runtime. Nothing here knows about PostgreSQL; errors carry facts (`error::Fact`)
+//! that the extension words in SQL terms.
+//!
+//! Modules, lowest first (each uses only modules above it):
+//! - `error.rs`: the one error type, its kinds, limits and facts; stop requests
+//! - `manifest.rs`: model manifests (image tower, optional text tower), `Tower`, `MAX_DIM`
+//! - `runtime.rs`: the process's ONNX Runtime environment, cores, signal blocking
+//! - `heap.rs`: heap bytes in use, to measure what a loaded model holds
+//! - `jpeg.rs`: JPEG through libjpeg-turbo, at a reduced DCT scale when allowed
+//! - `decode.rs`: image bytes to upright 8-bit RGB, with limits and stop polls; base64
+//! - `preprocess.rs`: decoded image to a model's input tensor, by its manifest's recipe
+//! - `session.rs`: ONNX Runtime sessions: options, building, stoppable runs
+//! - `output.rs`: output tensors to checked, normalised vectors; `check_vector`
+//! - `tokenize.rs`: CLIP's text clean-up and BPE tokeniser (no ONNX Runtime)
+//! - `image_model.rs`: a loaded image tower (`ImageModel`)
+//! - `text_model.rs`: a loaded text tower (`TextModel`)
+//! - `embed.rs`: image bytes to vectors, one image or many in overlapped batches
+//!
+//! Integration tests that need a process of their own (one ONNX Runtime environment per
+//! process) are in `tests/`.
 
 pub mod decode;
 pub mod embed;
 pub mod error;
+pub mod heap;
+pub mod image_model;
 pub mod jpeg;
 pub mod manifest;
-pub mod memory;
-pub mod model;
+pub mod output;
 pub mod preprocess;
 pub mod runtime;
-#[cfg(test)]
-mod testing;
-pub mod text;
+pub mod session;
+pub mod text_model;
+pub mod tokenize;
 
-pub use error::{Error, Kind, Result};
-pub use image;
+pub use error::{Error, Fact, Kind, Limit, Result};

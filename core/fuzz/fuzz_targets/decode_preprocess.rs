@@ -1,5 +1,5 @@
 //! Untrusted image bytes through the whole path an uploaded image takes before the model:
-//! `decode::info`, `decode::decode_rgb8` (both alpha rules, full size and JPEG DCT-reduced)
+//! `decode::info`, `decode::decode_rgb8` (both transparency rules, full size and JPEG DCT-reduced)
 //! and `preprocess::preprocess`
 //! (the shipped EfficientNet manifest and a small NHWC / BGR / exact-resize variant).
 //!
@@ -11,7 +11,8 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use pg_vision_core::decode::{self, Options};
+use pg_vision_core::decode::{self, Options, Transparency};
+use pg_vision_core::error::never;
 use pg_vision_core::manifest::{Alpha, ColorOrder, Crop, Interpolation, Layout, Manifest, ResizeMode};
 use pg_vision_core::preprocess;
 
@@ -22,7 +23,7 @@ const LIMITS: Options = Options {
     max_bytes: 1 << 20,
     jpeg_dct_scaling: true,
     accept_damaged: false,
-    stop: decode::never,
+    stop: never,
 };
 
 fn manifests() -> &'static [Manifest; 2] {
@@ -54,9 +55,9 @@ fn manifests() -> &'static [Manifest; 2] {
 fuzz_target!(|data: &[u8]| {
     let ms = manifests();
     let info = decode::info(data, &LIMITS);
-    // Full size under both alpha rules, then a JPEG-reducing decode (a 32 px short side
+    // Full size under both transparency rules, then a JPEG-reducing decode (a 32 px short side
     // allows 1/8 on anything from 256 px): every path `decode_rgb8` has.
-    for (alpha, min_short_side) in [(Alpha::White, 0), (Alpha::Drop, 0), (Alpha::White, 32)] {
+    for (alpha, min_short_side) in [(Transparency::OntoWhite, 0), (Transparency::Ignore, 0), (Transparency::OntoWhite, 32)] {
         let img = match decode::decode_rgb8(data, alpha, &LIMITS, min_short_side) {
             Ok(img) => img,
             Err(_) => continue,

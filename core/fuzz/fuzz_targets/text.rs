@@ -1,4 +1,4 @@
-//! `text::clean_text` and `text::tokenize` on arbitrary UTF-8 (UTF-8-lossy of the input
+//! `tokenize::clean_text` and `tokenize::tokenize` on arbitrary UTF-8 (UTF-8-lossy of the input
 //! after its first byte, which picks the context length, 2..=80). Asserts the contract of
 //! `tokenize`: `context_length` ids and mask entries, SOT first, the text tokens (none of
 //! them a special id) under a mask of ones, exactly one EOT right after them, zero padding;
@@ -8,10 +8,10 @@
 
 use libfuzzer_sys::fuzz_target;
 use pg_vision_core::error::Kind;
-use pg_vision_core::text::{self, END_OF_TEXT, MAX_TEXT_BYTES, START_OF_TEXT};
+use pg_vision_core::tokenize::{self, END_OF_TEXT, MAX_TEXT_BYTES, START_OF_TEXT};
 
 fn check(text: &str, ctx: usize) {
-    match text::tokenize(text, ctx) {
+    match tokenize::tokenize(text, ctx) {
         Err(e) => {
             assert_eq!(e.kind, Kind::LimitExceeded, "{e}");
             assert!(text.len() > MAX_TEXT_BYTES, "{} bytes rejected: {e}", text.len());
@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&first, rest)) = data.split_first() else { return };
     let ctx = 2 + usize::from(first) % 79;
     let text = String::from_utf8_lossy(rest);
-    let cleaned = text::clean_text(&text);
+    let cleaned = tokenize::clean_text(&text);
     assert!(!cleaned.starts_with(char::is_whitespace) && !cleaned.ends_with(char::is_whitespace), "{cleaned:?}");
     check(&text, ctx);
     // Over the limit now and then: the input repeated past 1 MiB must be rejected (that

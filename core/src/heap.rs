@@ -70,7 +70,7 @@ mod tests {
         // 200 MB in 4 KB blocks (from the heap, not mmap), pinned below a live block so
         // free() cannot shrink the heap top by itself: only malloc_trim returns them.
         let blocks: Vec<Vec<u8>> = (0..51_200).map(|i| vec![i as u8 | 1; 4096]).collect();
-        let pin = vec![7u8; 64];
+        let pin = Box::new([7u8; 64]); // on the heap, above the blocks
         drop(blocks);
         let before = rss_bytes().unwrap();
         release_free_pages();

@@ -1,8 +1,6 @@
-//! Text embeddings for CLIP-style models: the manifest's optional `"text"` section
-//! (`TextManifest`), CLIP's tokeniser (`tokenize`) and the text tower's session
-//! (`TextModel`). A CLIP model embeds images and texts into one space, so the text tower's
-//! `dim` must equal the image tower's and a text vector can be compared with stored
-//! image vectors ("red summer dress" against product photos).
+//! CLIP's tokeniser: text clean-up, lower-casing and byte-level BPE to the token ids and
+//! attention mask a CLIP text tower takes (`text_model.rs` runs the tower). No ONNX
+//! Runtime here.
 //!
 //! # Tokenisation, as OpenAI's `clip.tokenize(text, context_length=77, truncate=True)`
 //!
@@ -82,27 +80,12 @@
 //!   `stop` closure between the phases of the work, every 64 Ki characters of the
 //!   clean-up and every 32 words, and return `Kind::Interrupted` when it says so.
 //!
-//! Worst case, one call on 1 MiB, release build, on a 2-core machine shared with other
-//! builds (best / worst of 5), from
-//! `cargo test --release -p pg_vision_core --lib text::tests::worst_case_timing -- --ignored --nocapture`:
-//!
-//! | 1 MiB of | best | worst |
-//! | --- | --- | --- |
-//! | one word of random letters | 36.5 ms | 57.0 ms |
-//! | `th` repeated (one word) | 30.1 ms | 46.1 ms |
-//! | whitespace (`" \t\n"`) | 15.4 ms | 27.4 ms |
-//! | `&amp;` repeated | 34.6 ms | 63.0 ms |
-//! | `&amp;amp;` repeated | 34.3 ms | 38.5 ms |
-//! | `&#x1F600;` repeated | 33.5 ms | 37.7 ms |
-//! | CJK (`的`, one word) | 30.8 ms | 48.1 ms |
-//! | emoji (`😂`, one word) | 25.2 ms | 37.2 ms |
-//! | punctuation (`!?.,;:`, one word) | 25.0 ms | 29.1 ms |
-//! | `"a "` pairs | 14.2 ms | 22.2 ms |
-//! | decomposed accents (`e` + U+0301, NFC work) | 42.2 ms | 66.1 ms |
-//!
-//! (The machine was running two other builds, load average 5 on 2 cores.) Most of the
-//! time is the linear clean-up of the whole text; BPE of one capped word is about 6 ms
-//! (2,464 bytes of random letters). The cap grows with the manifest's `context_length`,
+//! The worst case, one call on 1 MiB of adversarial text (a single word of random
+//! letters, `&amp;` repeated, decomposed accents, ...), is tens of milliseconds in a
+//! release build: `tokenize::tests::worst_case_timing` (`#[ignore]`d; run it with
+//! `cargo test --release -p pg_vision_core --lib tokenize::tests::worst_case_timing -- --ignored --nocapture`).
+//! Most of the time is the linear clean-up of the whole text; BPE of one capped word is
+//! a few milliseconds (2,464 bytes of random letters). The cap grows with the manifest's `context_length`,
 //! and the crate's BPE is quadratic in it: measured on random letters, 8,256 bytes
 //! (context length 256) take 33 ms, 32,832 bytes (1,024) 450 ms, so the largest allowed
 //! context length (4,096, 131,008 bytes) would take seconds for one such word. CLIP
@@ -110,19 +93,14 @@
 //! quadratic.
 
 use std::borrow::Cow;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use instant_clip_tokenizer::{Token, Tokenizer};
 use once_cell::sync::Lazy;
-use ort::session::{Session, SessionInputValue};
-use ort::value::{TensorElementType, TensorRef};
 use regex::Regex;
-use serde::Deserialize;
 use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
 
-use crate::error::{Error, Kind, Result};
-use crate::model::SessionOptions;
+use crate::error::{check_stop, Error, Fact, Kind, Limit, Result};
+use crate::manifest::MAX_CONTEXT_LENGTH;
 
 /// `<|startoftext|>` in OpenAI CLIP's vocabulary.
 pub const START_OF_TEXT: i64 = 49406;
@@ -130,87 +108,9 @@ pub const START_OF_TEXT: i64 = 49406;
 pub const END_OF_TEXT: i64 = 49407;
 /// CLIP's context length.
 pub const CLIP_CONTEXT_LENGTH: usize = 77;
-/// Longest `context_length` a manifest may declare.
-pub const MAX_CONTEXT_LENGTH: usize = 4096;
 /// Longest text `tokenize` accepts, in bytes of UTF-8, checked before any work: longer
 /// texts are rejected (`Kind::LimitExceeded`), not truncated (module docs).
 pub const MAX_TEXT_BYTES: usize = 1 << 20;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TokenizerKind {
-    /// OpenAI CLIP's byte-level BPE (49408 ids), as `clip.tokenize`.
-    ClipBpe,
-}
-
-/// The manifest's optional `"text"` section: the text tower of a CLIP-style model.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TextManifest {
-    /// File name of the text tower, relative to the model directory.
-    pub onnx_file: String,
-    /// int64 [N, context_length] token ids.
-    pub input_name: String,
-    /// int64 [N, context_length] attention mask (1 on tokens, 0 on padding), when the graph
-    /// has one; `null` or absent when it does not (HF CLIP's text tower works without).
-    #[serde(default)]
-    pub attention_mask_name: Option<String>,
-    /// float32 [N, dim] output returned as the text embedding.
-    pub output_name: String,
-    /// Tokens per text, SOT and EOT included (77 for CLIP).
-    pub context_length: usize,
-    /// Must equal the image tower's `dim`.
-    pub dim: usize,
-    pub l2_normalize: bool,
-    pub tokenizer: TokenizerKind,
-}
-
-impl TextManifest {
-    /// Checks the section; `image_dim` is the manifest's (image) `dim`.
-    pub fn validate(&self, image_dim: usize, origin: &Path) -> Result<()> {
-        let bad =
-            |what: String| Err(Error::new(Kind::BadModel, format!("model manifest {}: text.{what}", origin.display())));
-        if self.onnx_file.is_empty() || self.onnx_file.contains('/') || self.onnx_file.contains("..") {
-            return bad(format!(
-                "onnx_file \"{}\" must be a plain file name inside the model directory",
-                self.onnx_file
-            ));
-        }
-        if self.input_name.is_empty() || self.output_name.is_empty() {
-            return bad("input_name and output_name must not be empty".into());
-        }
-        if let Some(mask) = &self.attention_mask_name {
-            if mask.is_empty() || *mask == self.input_name {
-                return bad(format!(
-                    "attention_mask_name \"{mask}\" must be null or a tensor name other than input_name"
-                ));
-            }
-        }
-        if !(2..=MAX_CONTEXT_LENGTH).contains(&self.context_length) {
-            return bad(format!(
-                "context_length {} must be between 2 and {MAX_CONTEXT_LENGTH} (CLIP uses 77)",
-                self.context_length
-            ));
-        }
-        if self.dim != image_dim {
-            return bad(format!(
-                "dim {} must equal the image dim {image_dim}: text and image vectors live in one space to be compared",
-                self.dim
-            ));
-        }
-        Ok(())
-    }
-
-    pub fn onnx_path(&self, dir: &Path) -> PathBuf {
-        dir.join(&self.onnx_file)
-    }
-}
-
-/// The model has no `"text"` section: the error for a text call on an image-only model.
-pub fn no_text_tower(model: &str) -> Error {
-    Error::new(Kind::InvalidArgument, format!("model \"{model}\" has no text tower"))
-        .with_hint("text embeddings need a CLIP-style model whose manifest has a \"text\" section; SELECT * FROM pg_vision_models() lists the models")
-}
 
 static TOKENIZER: Lazy<Tokenizer> = Lazy::new(Tokenizer::new);
 
@@ -242,15 +142,6 @@ pub fn clean_text(text: &str) -> String {
     clean_text_checked(text, &|| false).unwrap_or_default()
 }
 
-/// `Err(Interrupted)` when `stop()` says so.
-fn check(stop: &dyn Fn() -> bool) -> Result<()> {
-    if stop() {
-        Err(Error::new(Kind::Interrupted, "text tokenisation was interrupted"))
-    } else {
-        Ok(())
-    }
-}
-
 /// `clean_text`, polling `stop` between its phases and every `POLL_CHARS` characters.
 fn clean_text_checked(text: &str, stop: &dyn Fn() -> bool) -> Result<String> {
     let mut fixed = String::with_capacity(text.len());
@@ -260,11 +151,11 @@ fn clean_text_checked(text: &str, stop: &dyn Fn() -> bool) -> Result<String> {
     } else {
         fix_chars(text.nfc(), &mut fixed, stop)?;
     }
-    check(stop)?;
+    check_stop(stop)?;
     let once = html_unescape(&fixed);
-    check(stop)?;
+    check_stop(stop)?;
     let unescaped = html_unescape(&once);
-    check(stop)?;
+    check_stop(stop)?;
     let mut out = String::with_capacity(unescaped.len());
     for word in unescaped.split(char::is_whitespace).filter(|w| !w.is_empty()) {
         if !out.is_empty() {
@@ -280,7 +171,7 @@ fn fix_chars(chars: impl Iterator<Item = char>, fixed: &mut String, stop: &dyn F
     const POLL_CHARS: usize = 1 << 16;
     for (n, c) in chars.enumerate() {
         if n % POLL_CHARS == POLL_CHARS - 1 {
-            check(stop)?;
+            check_stop(stop)?;
         }
         match c {
             '\u{2018}'..='\u{201b}' | '\u{02bc}' => fixed.push('\''),
@@ -390,17 +281,22 @@ pub fn tokenize_checked(
         .with_hint(format!(
             "the model reads only the first {room} tokens (about {} characters); send a shorter text",
             room * 4
-        )));
+        ))
+        .with_fact(Fact::OverLimit {
+            limit: Limit::TextBytes,
+            value: text.len() as u64,
+            max: MAX_TEXT_BYTES as u64,
+        }));
     }
-    check(stop)?;
+    check_stop(stop)?;
     let text = clean_text_checked(text, stop)?.to_lowercase();
-    check(stop)?;
+    check_stop(stop)?;
     let tokenizer = &*TOKENIZER;
     let cap = word_cap(room);
     let mut tokens: Vec<Token> = Vec::with_capacity(context_length);
     for (n, word) in WORDS.find_iter(&text).enumerate() {
         if n % POLL_WORDS == POLL_WORDS - 1 {
-            check(stop)?;
+            check_stop(stop)?;
         }
         // Each word on its own: the crate's pattern finds exactly this one word in it (the
         // patterns are the same but for the special tokens, which contain letters and so
@@ -427,165 +323,10 @@ pub fn tokenize_checked(
     Ok((ids, mask, truncated))
 }
 
-/// A loaded text tower: its manifest section and its ONNX Runtime session.
-pub struct TextModel {
-    /// The model's (SQL) name, for messages.
-    pub name: String,
-    pub manifest: TextManifest,
-    session: Session,
-    /// Size of the ONNX file.
-    pub file_bytes: u64,
-    /// Wall time of `load`.
-    pub load_time: Duration,
-}
-
-impl TextModel {
-    /// Builds a session for the text tower `text` of model `name` (manifest already
-    /// validated) from `<dir>/<text.onnx_file>`, with the same options and signal blocking
-    /// as the image tower (`Model::load`). `fetch_hint` is quoted when the file is missing.
-    pub fn load(
-        dir: &Path,
-        name: &str,
-        fetch_hint: &str,
-        text: TextManifest,
-        opts: &SessionOptions,
-    ) -> Result<TextModel> {
-        let start = Instant::now();
-        let onnx = text.onnx_path(dir);
-        let file_bytes = match std::fs::metadata(&onnx) {
-            Ok(md) => md.len(),
-            Err(e) => {
-                return Err(Error::new(
-                    Kind::FileMissing,
-                    format!("model \"{name}\": text weights file {} is missing ({e})", onnx.display()),
-                )
-                .with_hint(format!("create it with: {fetch_hint}")));
-            }
-        };
-        let context = format!("model \"{name}\": cannot load the text tower {}", onnx.display());
-        let session = crate::model::build_session(&onnx, opts, &context)?;
-        let model = TextModel { name: name.to_owned(), manifest: text, session, file_bytes, load_time: Duration::ZERO };
-        model.check_signature()?;
-        Ok(TextModel { load_time: start.elapsed(), ..model })
-    }
-
-    /// The ids input (and the mask, if declared) must exist and take int64; the output must exist.
-    fn check_signature(&self) -> Result<()> {
-        let (m, name) = (&self.manifest, &self.name);
-        let inputs = self.session.inputs();
-        let names: Vec<&str> = inputs.iter().map(|i| i.name()).collect();
-        for wanted in std::iter::once(&m.input_name).chain(m.attention_mask_name.as_ref()) {
-            let Some(input) = inputs.iter().find(|i| i.name() == wanted) else {
-                return Err(Error::new(
-                    Kind::BadModel,
-                    format!(
-                        "model \"{name}\": the text graph has no input \"{wanted}\" (it has: {})",
-                        names.join(", ")
-                    ),
-                )
-                .with_hint("fix text.input_name / text.attention_mask_name in the model's manifest"));
-            };
-            if input.dtype().tensor_type() != Some(TensorElementType::Int64) {
-                return Err(Error::new(
-                    Kind::BadModel,
-                    format!("model \"{name}\": text input \"{wanted}\" is {:?}, not an int64 tensor", input.dtype()),
-                )
-                .with_hint("CLIP text towers take int64 token ids; re-export the model"));
-            }
-        }
-        if names.len() > 1 + usize::from(m.attention_mask_name.is_some()) {
-            return Err(Error::new(
-                Kind::BadModel,
-                format!(
-                    "model \"{name}\": the text graph has inputs ({}) that the manifest does not feed",
-                    names.join(", ")
-                ),
-            )
-            .with_hint(
-                "declare the attention mask in text.attention_mask_name, or re-export the model with input_ids only",
-            ));
-        }
-        let outputs: Vec<&str> = self.session.outputs().iter().map(|o| o.name()).collect();
-        if !outputs.contains(&m.output_name.as_str()) {
-            return Err(Error::new(
-                Kind::BadModel,
-                format!(
-                    "model \"{name}\": the text graph has no output \"{}\" (it has: {})",
-                    m.output_name,
-                    outputs.join(", ")
-                ),
-            )
-            .with_hint("fix text.output_name in the model's manifest"));
-        }
-        Ok(())
-    }
-
-    /// One vector per text, in order, in one batch. Checks the output size, rejects NaN and
-    /// infinity, and L2-normalises when `text.l2_normalize` says so. Over-long texts are
-    /// truncated (module docs); call `tokenize` to learn whether one was. A text over
-    /// `MAX_TEXT_BYTES` is an error (`Kind::LimitExceeded`).
-    pub fn embed_text(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        self.embed_text_checked(texts, crate::decode::never)
-    }
-
-    /// `embed_text`, giving up with `Kind::Interrupted` when `stop()` returns true while the
-    /// texts are tokenised (`tokenize_checked`) or the model runs (`model::stoppable`).
-    pub fn embed_text_checked(&mut self, texts: &[&str], stop: fn() -> bool) -> Result<Vec<Vec<f32>>> {
-        let batch = texts.len();
-        if batch == 0 {
-            return Ok(Vec::new());
-        }
-        let m = &self.manifest;
-        let (ctx, dim, l2) = (m.context_length, m.dim, m.l2_normalize);
-        let mut ids = Vec::with_capacity(batch * ctx);
-        let mut mask = Vec::with_capacity(batch * ctx);
-        for text in texts {
-            let (i, k, _) = tokenize_checked(text, ctx, &stop)?;
-            ids.extend_from_slice(&i);
-            mask.extend_from_slice(&k);
-        }
-        check(&stop)?;
-        let name = self.name.clone();
-        let (input_name, mask_name, out_name) =
-            (m.input_name.clone(), m.attention_mask_name.clone(), m.output_name.clone());
-        let tensor_err =
-            |e: ort::Error| Error::new(Kind::Inference, format!("cannot build the text input tensor: {e}"));
-        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = ort::inputs![input_name.as_str() => TensorRef::from_array_view(([batch, ctx], ids.as_slice())).map_err(tensor_err)?];
-        if let Some(mask_name) = &mask_name {
-            let t = TensorRef::from_array_view(([batch, ctx], mask.as_slice())).map_err(tensor_err)?;
-            inputs.push((Cow::from(mask_name.as_str()), SessionInputValue::from(t)));
-        }
-        let options = ort::session::RunOptions::new()
-            .map_err(|e| Error::new(Kind::Inference, format!("model \"{name}\": {e}")))?;
-        let session = &mut self.session;
-        let outputs = crate::model::stoppable(
-            &options,
-            stop,
-            || session.run_with_options(inputs, &options),
-            |e| Error::new(Kind::Inference, format!("model \"{name}\": the text tower failed to run: {e}")),
-        )?;
-        let (shape, values) = outputs[out_name.as_str()].try_extract_tensor::<f32>().map_err(|e| {
-            Error::new(
-                Kind::BadModel,
-                format!("model \"{name}\": text output \"{out_name}\" is not a float32 tensor: {e}"),
-            )
-        })?;
-        crate::model::split_output(
-            &name,
-            &format!("text output \"{out_name}\""),
-            "text",
-            &shape[..],
-            values,
-            batch,
-            dim,
-            l2,
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, Instant};
 
     const CTX: usize = CLIP_CONTEXT_LENGTH;
 
@@ -783,7 +524,7 @@ mod tests {
 
     #[test]
     fn no_panic_on_multibyte_text_near_ampersands() {
-        // The old unescaper sliced `&...` at byte 12, inside a multi-byte character.
+        // An unescaper that slices `&...` at a fixed byte offset lands inside multi-byte characters.
         let tails = ["–", "😀", "é", "日本語", "\u{301}", "\u{fdd0}", ";", "#", "#x", "#1", "amp", "eacute", "x"];
         for lead in ["&", "&#", "&#x", "&am", "&amp", "&eacute", "&#12345", "&#x1F60", "&CounterClockwise"] {
             for pad in 0..14 {
@@ -960,7 +701,7 @@ mod tests {
     #[test]
     fn tokenising_stops_when_asked() {
         let e = tokenize_checked("a photo of a cat", CTX, &|| true).unwrap_err();
-        assert_eq!((e.kind, e.message.as_str()), (Kind::Interrupted, "text tokenisation was interrupted"));
+        assert_eq!((e.kind, e.message.as_str()), (Kind::Interrupted, "stopped on request"));
         // Stop after n polls, for every n up to the number of polls of a whole run: each
         // poll can end the call, and the call ends at the first true.
         let text = format!("{} {}", "&amp; caf&eacute; ".repeat(40_000), "word ".repeat(200));
@@ -986,7 +727,7 @@ mod tests {
     }
 
     /// Worst-case time of one call on 1 MiB of adversarial shapes, release build:
-    /// `cargo test --release -p pg_vision_core --lib text::tests::worst_case_timing -- --ignored --nocapture`
+    /// `cargo test --release -p pg_vision_core --lib tokenize::tests::worst_case_timing -- --ignored --nocapture`
     #[test]
     #[ignore]
     fn worst_case_timing() {
@@ -1035,145 +776,5 @@ mod tests {
                 worst.as_secs_f64() * 1e3
             );
         }
-    }
-
-    use crate::testing::{models_dir, ort_child};
-
-    fn section(json: &str) -> TextManifest {
-        serde_json::from_str(json).unwrap()
-    }
-
-    const GOOD: &str = r#"{ "onnx_file": "x-text.onnx", "input_name": "input_ids", "attention_mask_name": null,
-        "output_name": "text_embeds", "context_length": 77, "dim": 512, "l2_normalize": true, "tokenizer": "clip_bpe" }"#;
-
-    #[test]
-    fn manifest_section_parses_and_validates() {
-        let p = Path::new("m.json");
-        let t = section(GOOD);
-        assert_eq!(
-            (t.context_length, t.dim, t.tokenizer, t.attention_mask_name.as_deref()),
-            (77, 512, TokenizerKind::ClipBpe, None)
-        );
-        t.validate(512, p).unwrap();
-        assert!(t.validate(768, p).unwrap_err().message.contains("must equal the image dim 768"));
-        assert!(section(&GOOD.replace("\"attention_mask_name\": null,", "")).attention_mask_name.is_none());
-        for (from, to) in [
-            ("\"x-text.onnx\"", "\"../x.onnx\""),
-            ("\"context_length\": 77", "\"context_length\": 1"),
-            ("\"attention_mask_name\": null", "\"attention_mask_name\": \"input_ids\""),
-            ("\"input_ids\",", "\"\","),
-        ] {
-            let bad = GOOD.replace(from, to);
-            assert_ne!(bad, GOOD);
-            assert_eq!(section(&bad).validate(512, p).unwrap_err().kind, Kind::BadModel, "{to}");
-        }
-        for (from, to) in [("\"clip_bpe\"", "\"sentencepiece\""), ("\"dim\"", "\"dims\"")] {
-            assert!(serde_json::from_str::<TextManifest>(&GOOD.replace(from, to)).is_err(), "{to}");
-        }
-        assert_eq!(no_text_tower("efficientnet").kind, Kind::InvalidArgument);
-    }
-
-    #[test]
-    fn shipped_fixture_manifest_has_a_valid_text_section() {
-        let json = std::fs::read_to_string(models_dir().join("clip_fixture.json")).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        let t: TextManifest = serde_json::from_value(v["text"].clone()).unwrap();
-        t.validate(v["dim"].as_u64().unwrap() as usize, Path::new("clip_fixture.json")).unwrap();
-        assert_eq!((t.onnx_file.as_str(), t.context_length, t.dim), ("clip-fixture-text.onnx", 77, 512));
-        assert!(v["description"].as_str().unwrap().contains("RANDOM WEIGHTS"));
-    }
-
-    /// Runs the fixture text tower (scripts/build_clip_fixture.py, random weights) when it
-    /// and the ONNX Runtime library exist; prints "skipped" otherwise.
-    #[test]
-    fn fixture_text_contract_if_available() {
-        let dir = models_dir();
-        let Some(library) =
-            ort_child("text::tests::fixture_text_contract_if_available", &[&dir.join("clip-fixture-text.onnx")])
-        else {
-            return;
-        };
-        let json = std::fs::read_to_string(dir.join("clip_fixture.json")).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        let text: TextManifest = serde_json::from_value(v["text"].clone()).unwrap();
-        let opts = SessionOptions { library, intra_threads: 1 };
-        let mut model = TextModel::load(&dir, "clip_fixture", "make models", text.clone(), &opts).unwrap();
-        assert!(model.file_bytes > 0);
-
-        let long = vec!["dress"; 300].join(" ");
-        let texts = [
-            "a photo of a cat",
-            "a photo of a dog",
-            "a photo of a cat",
-            "",
-            "Red Summer Dress!",
-            "red summer dress!",
-            &long,
-        ];
-        let v = model.embed_text(&texts).unwrap();
-        assert_eq!(v.len(), texts.len());
-        for (t, e) in texts.iter().zip(&v) {
-            assert_eq!(e.len(), 512, "{t}");
-            let norm: f64 = e.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-            assert!((norm - 1.0).abs() < 1e-5, "{t}: norm {norm}");
-        }
-        assert_eq!(v[0], v[2], "identical strings, identical vectors");
-        assert_ne!(v[0], v[1], "different strings, different vectors");
-        assert_ne!(v[0], v[3]);
-        assert_eq!(v[4], v[5], "lower-cased before tokenising");
-        // batching does not change a row
-        let one = model.embed_text(&["a photo of a dog"]).unwrap();
-        assert!(one[0].iter().zip(&v[1]).all(|(a, b)| (a - b).abs() < 1e-6));
-        assert!(model.embed_text(&[]).unwrap().is_empty());
-
-        // The manifest's dim is checked against what the graph produces.
-        let mut wrong =
-            TextModel::load(&dir, "clip_fixture", "make models", TextManifest { dim: 256, ..text.clone() }, &opts)
-                .unwrap();
-        let e = wrong.embed_text(&["x"]).unwrap_err();
-        assert_eq!(e.kind, Kind::BadModel, "{e}");
-        assert!(e.message.contains("declares 256"), "{e}");
-        // Signature mismatches fail at load time, with the names the graph has.
-        let e = TextModel::load(
-            &dir,
-            "clip_fixture",
-            "make models",
-            TextManifest { input_name: "ids".into(), ..text.clone() },
-            &opts,
-        )
-        .err()
-        .unwrap();
-        assert!(e.kind == Kind::BadModel && e.message.contains("it has: input_ids"), "{e}");
-        let e = TextModel::load(
-            &dir,
-            "clip_fixture",
-            "make models",
-            TextManifest { output_name: "pooled".into(), ..text.clone() },
-            &opts,
-        )
-        .err()
-        .unwrap();
-        assert!(e.kind == Kind::BadModel && e.message.contains("text_embeds"), "{e}");
-        let e = TextModel::load(
-            &dir,
-            "clip_fixture",
-            "make models",
-            TextManifest { attention_mask_name: Some("attention_mask".into()), ..text.clone() },
-            &opts,
-        )
-        .err()
-        .unwrap();
-        assert!(e.kind == Kind::BadModel && e.message.contains("attention_mask"), "{e}");
-        let e = TextModel::load(
-            &dir,
-            "clip_fixture",
-            "make models",
-            TextManifest { onnx_file: "nope.onnx".into(), ..text },
-            &opts,
-        )
-        .err()
-        .unwrap();
-        assert!(e.kind == Kind::FileMissing && e.hint.as_deref().unwrap_or("").contains("make models"), "{e}");
-        println!("fixture text contract ok: {} texts, dim 512, load {:?}", texts.len(), model.load_time);
     }
 }

@@ -1,0 +1,165 @@
+//! A loaded text tower of a CLIP-style model: its manifest section and its ONNX Runtime
+//! session. Texts are tokenised (`tokenize.rs`) into int64 ids and attention masks and
+//! embedded in one batch, into the space of the model's image vectors ("red summer
+//! dress" against product photos).
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ndarray::Array2;
+use ort::session::{Session, SessionInputValue};
+use ort::value::{TensorElementType, TensorRef};
+
+use crate::error::{check_stop, never, Error, Kind, Result};
+use crate::manifest::{Manifest, TextManifest, Tower};
+use crate::output::{self, Item, Rows};
+use crate::session::{self, Arena, SessionOptions};
+use crate::tokenize::tokenize_checked;
+
+/// A loaded text tower.
+pub struct TextModel {
+    /// The model's name, for messages.
+    pub name: String,
+    pub manifest: TextManifest,
+    session: Session,
+    /// Size of the ONNX file.
+    pub file_bytes: u64,
+    /// Wall time of `load`.
+    pub load_time: Duration,
+}
+
+impl TextModel {
+    /// Reads `<dir>/<name>.json`, then its text tower's ONNX file, and builds a session;
+    /// `manifest::no_text_tower` when the manifest has no `"text"` section.
+    pub fn load(dir: &Path, name: &str, opts: &SessionOptions) -> Result<TextModel> {
+        TextModel::from_manifest(dir, Manifest::load(dir, name)?, opts)
+    }
+
+    /// Builds a session for the text tower of a manifest already read, from its ONNX file
+    /// in `dir`, with the same options and signal blocking as the image tower.
+    pub fn from_manifest(dir: &Path, manifest: Manifest, opts: &SessionOptions) -> Result<TextModel> {
+        let start = Instant::now();
+        let onnx = manifest.onnx_path(dir, Tower::Text)?;
+        let Manifest { name, fetch_hint, text, .. } = manifest;
+        let text = text.expect("onnx_path checked the text section");
+        let file_bytes = session::file_bytes(&onnx, |e| {
+            Error::new(
+                Kind::FileMissing,
+                format!("model \"{name}\": text weights file {} is missing ({e})", onnx.display()),
+            )
+            .with_hint(format!("create it with: {fetch_hint}"))
+        })?;
+        let context = format!("model \"{name}\": cannot load the text tower {}", onnx.display());
+        let session = session::build(&onnx, opts, &context)?;
+        let model = TextModel { name, manifest: text, session, file_bytes, load_time: Duration::ZERO };
+        model.check_signature()?;
+        Ok(TextModel { load_time: start.elapsed(), ..model })
+    }
+
+    /// The ids input (and the mask, if declared) must exist and take int64; the output must exist.
+    fn check_signature(&self) -> Result<()> {
+        let (m, name) = (&self.manifest, &self.name);
+        let inputs = self.session.inputs();
+        let names: Vec<&str> = inputs.iter().map(|i| i.name()).collect();
+        for wanted in std::iter::once(m.input_name.as_str()).chain(m.attention_mask_name.as_deref()) {
+            session::check_names(&names, [wanted], |wanted, have| {
+                Error::new(
+                    Kind::BadModel,
+                    format!("model \"{name}\": the text graph has no input \"{wanted}\" (it has: {have})"),
+                )
+                .with_hint("fix text.input_name / text.attention_mask_name in the model's manifest")
+            })?;
+            let input = inputs.iter().find(|i| i.name() == wanted).expect("checked above");
+            if input.dtype().tensor_type() != Some(TensorElementType::Int64) {
+                return Err(Error::new(
+                    Kind::BadModel,
+                    format!("model \"{name}\": text input \"{wanted}\" is {:?}, not an int64 tensor", input.dtype()),
+                )
+                .with_hint("CLIP text towers take int64 token ids; re-export the model"));
+            }
+        }
+        if names.len() > 1 + usize::from(m.attention_mask_name.is_some()) {
+            return Err(Error::new(
+                Kind::BadModel,
+                format!(
+                    "model \"{name}\": the text graph has inputs ({}) that the manifest does not feed",
+                    names.join(", ")
+                ),
+            )
+            .with_hint(
+                "declare the attention mask in text.attention_mask_name, or re-export the model with input_ids only",
+            ));
+        }
+        let outputs: Vec<&str> = self.session.outputs().iter().map(|o| o.name()).collect();
+        session::check_names(&outputs, [m.output_name.as_str()], |wanted, have| {
+            Error::new(
+                Kind::BadModel,
+                format!("model \"{name}\": the text graph has no output \"{wanted}\" (it has: {have})"),
+            )
+            .with_hint("fix text.output_name in the model's manifest")
+        })
+    }
+
+    /// One vector per text, in order, in one batch. Checks the output size, rejects NaN and
+    /// infinity, and L2-normalises when `text.l2_normalize` says so. Over-long texts are
+    /// truncated (`tokenize.rs`); call `tokenize` to learn whether one was. A text over
+    /// `MAX_TEXT_BYTES` is an error (`Kind::LimitExceeded`).
+    pub fn embed_text(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        self.embed_text_checked(texts, never)
+    }
+
+    /// `embed_text`, giving up with `Kind::Interrupted` when `stop()` returns true while the
+    /// texts are tokenised (`tokenize_checked`) or the model runs (`session::stoppable`).
+    pub fn embed_text_checked(&mut self, texts: &[&str], stop: fn() -> bool) -> Result<Vec<Vec<f32>>> {
+        let batch = texts.len();
+        if batch == 0 {
+            return Ok(Vec::new());
+        }
+        let (m, name) = (&self.manifest, &self.name);
+        let ctx = m.context_length;
+        let mut ids = Vec::with_capacity(batch * ctx);
+        let mut mask = Vec::with_capacity(batch * ctx);
+        for text in texts {
+            let (i, k, _) = tokenize_checked(text, ctx, &stop)?;
+            ids.extend_from_slice(&i);
+            mask.extend_from_slice(&k);
+        }
+        check_stop(&stop)?;
+        let as_matrix =
+            |v: Vec<i64>| Array2::from_shape_vec((batch, ctx), v).expect("tokenize gives context_length ids per text");
+        let (ids, mask) = (as_matrix(ids), as_matrix(mask));
+        let tensor_err =
+            |e: ort::Error| Error::new(Kind::Inference, format!("cannot build the text input tensor: {e}"));
+        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
+            ort::inputs![m.input_name.as_str() => TensorRef::from_array_view(ids.view()).map_err(tensor_err)?];
+        if let Some(mask_name) = &m.attention_mask_name {
+            let t = TensorRef::from_array_view(mask.view()).map_err(tensor_err)?;
+            inputs.push((Cow::from(mask_name.as_str()), SessionInputValue::from(t)));
+        }
+        let options = session::run_options(Arena::Keep, &format!("model \"{name}\""))?;
+        let session = &mut self.session;
+        let outputs = session::stoppable(
+            &options,
+            stop,
+            || session.run_with_options(inputs, &options),
+            |e| Error::new(Kind::Inference, format!("model \"{name}\": the text tower failed to run: {e}")),
+        )?;
+        let out_name = &m.output_name;
+        let (shape, values) = outputs[out_name.as_str()].try_extract_tensor::<f32>().map_err(|e| {
+            Error::new(
+                Kind::BadModel,
+                format!("model \"{name}\": text output \"{out_name}\" is not a float32 tensor: {e}"),
+            )
+        })?;
+        let rows = Rows {
+            model: name,
+            output: &format!("text output \"{out_name}\""),
+            item: Item::Text,
+            batch,
+            dim: m.dim,
+            l2_normalize: m.l2_normalize,
+        };
+        output::split(&rows, &shape[..], values)
+    }
+}
