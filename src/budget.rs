@@ -66,6 +66,8 @@ struct Slot {
     /// TimestampTz.
     last_used: i64,
     hits: u64,
+    /// Another backend asked this one to give its models back (`pg_vision_release_models`).
+    release: bool,
 }
 
 #[derive(Copy, Clone)]
@@ -90,7 +92,7 @@ unsafe impl PGRXSharedMemory for Table {}
 
 impl Table {
     const EMPTY: Table = Table {
-        slots: [Slot { pid: 0, tower: 0, name: Name::EMPTY, bytes: 0, last_used: 0, hits: 0 }; SLOTS],
+        slots: [Slot { pid: 0, tower: 0, name: Name::EMPTY, bytes: 0, last_used: 0, hits: 0, release: false }; SLOTS],
         memos: [Memo { tower: 0, name: Name::EMPTY, file_bytes: 0, measured: 0 }; MEMOS],
         next_memo: 0,
         evictions: 0,
@@ -107,10 +109,25 @@ impl Table {
         pids.len()
     }
 
-    fn shortfall(&self, budget: u64, full: bool) -> Shortfall {
+    fn mine(&self) -> u64 {
         let pid = my_pid();
-        let mine = self.slots.iter().filter(|s| s.pid == pid).map(|s| s.bytes).sum();
-        Shortfall { budget, used: self.used(), mine, backends: self.backends(), full }
+        self.slots.iter().filter(|s| s.pid == pid).map(|s| s.bytes).sum()
+    }
+
+    fn shortfall(&self, budget: u64, full: bool) -> Shortfall {
+        Shortfall { budget, used: self.used(), mine: self.mine(), backends: self.backends(), full, backend_limit: None }
+    }
+
+    /// Whether this backend may grow by `more` bytes: within the budget, and within its own
+    /// limit when one is set.
+    fn check_growth(&self, more: u64, budget: u64, limit: Option<u64>) -> Result<(), Shortfall> {
+        if let Some(limit) = limit.filter(|&l| self.mine() + more > l) {
+            return Err(Shortfall { backend_limit: Some(limit), ..self.shortfall(budget, false) });
+        }
+        if self.used() + more > budget {
+            return Err(self.shortfall(budget, false));
+        }
+        Ok(())
     }
 }
 
@@ -165,6 +182,9 @@ pub struct Shortfall {
     pub backends: usize,
     /// The table has no free row (SLOTS models loaded across the cluster).
     pub full: bool,
+    /// Set when it is this backend's own limit (`pg_vision.backend_memory_limit`) that
+    /// does not fit, not the budget.
+    pub backend_limit: Option<u64>,
 }
 
 /// Bytes to reserve before loading: the last measurement of this model file, else
@@ -198,7 +218,7 @@ pub fn remember(name: &str, tower: Tower, file_bytes: u64, measured: u64) {
 
 /// Reserves `bytes` for this backend's `name` tower if the total stays within `budget`;
 /// returns the row to pass to `resize`, `touch` and `release`.
-pub fn reserve(name: &str, tower: Tower, bytes: u64, budget: u64) -> Result<usize, Shortfall> {
+pub fn reserve(name: &str, tower: Tower, bytes: u64, budget: u64, limit: Option<u64>) -> Result<usize, Shortfall> {
     if is_shared() {
         register_exit_hook();
     } else {
@@ -209,24 +229,23 @@ pub fn reserve(name: &str, tower: Tower, bytes: u64, budget: u64) -> Result<usiz
         let Some(i) = t.slots.iter().position(|s| s.pid == 0) else {
             return Err(t.shortfall(budget, true));
         };
-        if t.used() + bytes > budget {
-            return Err(t.shortfall(budget, false));
-        }
-        t.slots[i] = Slot { pid, tower: tower as u8, name: Name::new(name), bytes, last_used: now(), hits: 0 };
+        t.check_growth(bytes, budget, limit)?;
+        t.slots[i] =
+            Slot { pid, tower: tower as u8, name: Name::new(name), bytes, last_used: now(), hits: 0, release: false };
         Ok(i)
     })
 }
 
 /// Sets a row to a measured size; growing it must still fit in `budget`.
-pub fn resize(slot: usize, bytes: u64, budget: u64) -> Result<(), Shortfall> {
+pub fn resize(slot: usize, bytes: u64, budget: u64, limit: Option<u64>) -> Result<(), Shortfall> {
     let pid = my_pid();
     with_table(|t| {
         let s = t.slots[slot];
         if s.pid != pid {
             return Ok(());
         }
-        if bytes > s.bytes && t.used() - s.bytes + bytes > budget {
-            return Err(t.shortfall(budget, false));
+        if bytes > s.bytes {
+            t.check_growth(bytes - s.bytes, budget, limit)?;
         }
         t.slots[slot].bytes = bytes;
         Ok(())
@@ -254,6 +273,24 @@ pub fn release(slot: usize) {
             t.slots[slot].bytes = 0;
         }
     })
+}
+
+/// Flags every row of backend `pid` for release; false if it holds none.
+pub fn request_release(pid: i32) -> bool {
+    with_table(|t| {
+        let mut any = false;
+        for s in t.slots.iter_mut().filter(|s| s.pid == pid && pid != 0) {
+            s.release = true;
+            any = true;
+        }
+        any
+    })
+}
+
+/// Whether another backend asked this one to give its models back.
+pub fn release_requested() -> bool {
+    let pid = my_pid();
+    with_table(|t| t.slots.iter().any(|s| s.pid == pid && s.release))
 }
 
 pub fn count_eviction() {

@@ -22,7 +22,7 @@ use pg_vision_core::text_model::TextModel;
 use pg_vision_core::{heap, runtime, Error, Kind, Result};
 
 use crate::budget::{self, Shortfall};
-use crate::guc;
+use crate::{guc, idle};
 
 /// A tower the cache holds: image or text, loaded the same way.
 pub trait Cached: Sized {
@@ -114,14 +114,16 @@ fn reserve_evicting_lru<T>(
     name: &str,
     tower: Tower,
     bytes: u64,
-    mut attempt: impl FnMut(u64) -> std::result::Result<T, Shortfall>,
+    mut attempt: impl FnMut(u64, Option<u64>) -> std::result::Result<T, Shortfall>,
 ) -> Result<T> {
     loop {
-        let budget = guc::memory_budget_bytes();
-        match attempt(budget) {
+        match attempt(guc::memory_budget_bytes(), guc::backend_memory_limit_bytes()) {
             Ok(v) => return Ok(v),
             Err(short) => {
-                let hopeless = !short.full && short.used - short.mine + bytes > short.budget;
+                let hopeless = match short.backend_limit {
+                    Some(limit) => bytes > limit,
+                    None => !short.full && short.used - short.mine + bytes > short.budget,
+                };
                 if hopeless || !evict_lru() {
                     return Err(does_not_fit(name, tower, bytes, &short));
                 }
@@ -135,6 +137,20 @@ fn mb(bytes: u64) -> String {
 }
 
 fn does_not_fit(name: &str, tower: Tower, bytes: u64, s: &Shortfall) -> Error {
+    let model = format!("model \"{name}\" ({} tower, {})", tower.as_str(), mb(bytes));
+    if let Some(limit) = s.backend_limit {
+        return Error::new(
+            Kind::OutOfMemory,
+            format!(
+                "pg_vision: {model} does not fit in this backend's pg_vision.backend_memory_limit ({}): it holds {}",
+                mb(limit),
+                mb(s.mine)
+            ),
+        )
+        .with_hint(
+            "free this session's models with pg_vision_unload(), or ask a superuser to raise the limit for this role",
+        );
+    }
     let held = if budget::is_shared() {
         format!("{} in use by {} backend(s)", mb(s.used), s.backends)
     } else {
@@ -144,23 +160,21 @@ fn does_not_fit(name: &str, tower: Tower, bytes: u64, s: &Shortfall) -> Error {
         )
     };
     let what = if s.full {
-        format!(
-            "pg_vision: cannot load model \"{name}\" ({} tower, {}): the table of loaded models is full; {held}",
-            tower.as_str(),
-            mb(bytes)
-        )
+        format!("pg_vision: cannot load {model}: the table of loaded models is full; {held}")
     } else {
-        format!(
-            "pg_vision: model \"{name}\" ({} tower, {}) does not fit in pg_vision.memory_budget ({}): {held}",
-            tower.as_str(),
-            mb(bytes),
-            mb(s.budget)
-        )
+        format!("pg_vision: {model} does not fit in pg_vision.memory_budget ({}): {held}", mb(s.budget))
     };
-    Error::new(Kind::OutOfMemory, what).with_hint(
-        "raise pg_vision.memory_budget (ALTER SYSTEM SET pg_vision.memory_budget = '2GB'; SELECT pg_reload_conf();), \
-         or free models in other sessions with pg_vision_unload(); SELECT * FROM pg_vision_memory shows who holds what",
-    )
+    let idle = match guc::model_idle_timeout_ms() {
+        0 => "other sessions keep their models until they end (pg_vision.model_idle_timeout is 0)".to_owned(),
+        ms => {
+            format!("other sessions give their models back after {} s unused (pg_vision.model_idle_timeout)", ms / 1000)
+        }
+    };
+    Error::new(Kind::OutOfMemory, what).with_hint(format!(
+        "{idle}; a superuser or a member of pg_signal_backend can make one give them back now with \
+         pg_vision_release_models(pid), and SELECT * FROM pg_vision_memory (pg_monitor) shows who holds what; \
+         or raise pg_vision.memory_budget"
+    ))
 }
 
 /// Drops this backend's least recently used model, image or text; false if it has none.
@@ -205,8 +219,8 @@ fn load<M: Cached>(dir: &Path, manifest: Manifest) -> Result<Entry<M>> {
     let name = name.as_str();
     let file_bytes = std::fs::metadata(manifest.onnx_path(dir, M::TOWER)?).map_or(0, |m| m.len());
     let estimate = budget::estimate(name, M::TOWER, file_bytes);
-    let reservation = reserve_evicting_lru(name, M::TOWER, estimate, |b| {
-        budget::reserve(name, M::TOWER, estimate, b).map(|s| Reservation(Some(s)))
+    let reservation = reserve_evicting_lru(name, M::TOWER, estimate, |b, limit| {
+        budget::reserve(name, M::TOWER, estimate, b, limit).map(|s| Reservation(Some(s)))
     })?;
     let opts = SessionOptions { library: guc::onnxruntime_library(), intra_threads: guc::intra_op_threads() };
     if file_bytes > 0 {
@@ -217,7 +231,7 @@ fn load<M: Cached>(dir: &Path, manifest: Manifest) -> Result<Entry<M>> {
     let (model, bytes, _) = heap::measure(|| M::from_manifest(dir, manifest, &opts));
     let model = model?;
     budget::remember(name, M::TOWER, file_bytes, bytes);
-    reserve_evicting_lru(name, M::TOWER, bytes, |b| budget::resize(reservation.slot(), bytes, b))?;
+    reserve_evicting_lru(name, M::TOWER, bytes, |b, limit| budget::resize(reservation.slot(), bytes, b, limit))?;
     Ok(Entry { model, dir: dir.to_path_buf(), hits: 0, bytes, slot: reservation.keep(), last_used: tick() })
 }
 
@@ -254,6 +268,7 @@ fn with<M: Cached, T>(map: &'static LocalKey<Map<M>>, name: &str, f: impl FnOnce
         entry.hits += 1;
         entry.last_used = tick();
         budget::touch(entry.slot);
+        idle::used();
         f(&mut entry.model)
     })
 }
@@ -289,6 +304,7 @@ pub fn warm(name: &str) -> Result<Vec<Warmed>> {
     if manifest.text.is_some() {
         out.push(row(Tower::Text, ensure(&TEXT, name, Some(&manifest))?));
     }
+    idle::used();
     Ok(out)
 }
 

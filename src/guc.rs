@@ -22,6 +22,12 @@ pub static JPEG_DCT_SCALING: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// ViT-B/32 with both towers (about 600 MB of float32 weights) or dozens of small CNNs.
 pub static MEMORY_BUDGET: GucSetting<i32> = GucSetting::<i32>::new(1024);
 pub static PRELOAD_MODELS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// In MB; 0: no limit beyond the budget. Set per role (ALTER ROLE ... SET) so one role's
+/// sessions cannot take the whole budget.
+pub static BACKEND_MEMORY_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(0);
+/// In ms; 0: never. Models are given back after this long without a use, so idle sessions
+/// do not keep the budget from the sessions that work.
+pub static MODEL_IDLE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(5 * 60 * 1000);
 
 pub fn register() {
     GucRegistry::define_string_guc(
@@ -116,6 +122,26 @@ pub fn register() {
         GucContext::Sighup,
         GucFlags::UNIT_MB,
     );
+    GucRegistry::define_int_guc(
+        c"pg_vision.backend_memory_limit",
+        c"Memory that one backend's loaded models may hold (0: only pg_vision.memory_budget bounds it).",
+        c"Superuser-set, per role with ALTER ROLE ... SET. A load over it evicts the backend's own least recently used models, then fails with SQLSTATE 53200.",
+        &BACKEND_MEMORY_LIMIT,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_MB,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_vision.model_idle_timeout",
+        c"A backend gives its models back after this long without using them (0: never).",
+        c"Also while the session sits idle. Superuser-set, so a role cannot keep models it does not use.",
+        &MODEL_IDLE_TIMEOUT,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
+    );
     GucRegistry::define_string_guc(
         c"pg_vision.preload_models",
         c"Comma-separated models loaded when a session starts (every tower each declares).",
@@ -169,6 +195,16 @@ pub fn intra_op_threads() -> usize {
 
 pub fn memory_budget_bytes() -> u64 {
     MEMORY_BUDGET.get().max(1) as u64 * 1024 * 1024
+}
+
+/// `pg_vision.backend_memory_limit` in bytes; `None` when it is 0 (off).
+pub fn backend_memory_limit_bytes() -> Option<u64> {
+    let mb = BACKEND_MEMORY_LIMIT.get();
+    (mb > 0).then(|| mb as u64 * 1024 * 1024)
+}
+
+pub fn model_idle_timeout_ms() -> i32 {
+    MODEL_IDLE_TIMEOUT.get()
 }
 
 /// `pg_vision.preload_models`, split as PostgreSQL splits list settings (`SplitGUCList`:
