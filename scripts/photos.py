@@ -314,7 +314,8 @@ def server(preload=True):
 def alter_system(name, value=None):
     """ALTER SYSTEM SET name = value (RESET when value is None) and pg_reload_conf(), then
     waits until a new session sees it. `value` is in the setting's base unit (MB for
-    pg_vision.memory_budget), as pg_settings.setting shows it; RESET waits for boot_val."""
+    pg_vision.memory_budget), as pg_settings.setting shows it; RESET waits for boot_val
+    (NULL shows as '')."""
     import re
 
     from psycopg import sql
@@ -328,12 +329,12 @@ def alter_system(name, value=None):
             c.execute(sql.SQL(f"ALTER SYSTEM SET {name} = {{}}").format(sql.Literal(str(value))))
         c.execute("SELECT pg_reload_conf()")
         want = str(value) if value is not None else c.execute(
-            "SELECT boot_val FROM pg_settings WHERE name = %s", (name,)).fetchone()[0]
+            "SELECT coalesce(boot_val, '') FROM pg_settings WHERE name = %s", (name,)).fetchone()[0]
     shown = None
     for _ in range(50):
         time.sleep(0.1)
         with connect() as c:
-            shown = c.execute("SELECT setting FROM pg_settings WHERE name = %s", (name,)).fetchone()[0]
+            shown = c.execute("SELECT coalesce(setting, '') FROM pg_settings WHERE name = %s", (name,)).fetchone()[0]
         if shown == want:
             return
     raise RuntimeError(f"{name} did not become {want!r} after pg_reload_conf() (still {shown!r})")
