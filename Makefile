@@ -5,7 +5,7 @@ SHELL := /bin/bash
 help:
 	@echo "make demo    set up everything, start PostgreSQL, embed and search real photos"
 	@echo "make test    set up everything and run every test"
-	@echo "make bench   latency of embed_efficientnet through SQL (release build)"
+	@echo "make bench   benchmarks through SQL, release build (scripts/bench.sh)"
 	@echo "make setup | install | models | start | stop | psql | fclip | clean"
 
 setup:
@@ -29,10 +29,13 @@ psql:
 demo: setup
 	scripts/demo.sh
 
-# Unit tests (Postgres-free core), #[pg_test]s, pg_regress suite, reference parity.
+# fmt and clippy, unit tests (Postgres-free core), #[pg_test]s, then the suites in
+# pgrx-tests/ (pg_regress, upgrade, pytest); see pgrx-tests/README.md.
 test: setup
 	scripts/test.sh
 
+# Latency, shop ingestion and search, first-call latency, load under a memory budget,
+# decode peak memory (drivers in scripts/bench/); results in bench-results/.
 bench: setup
 	scripts/bench.sh
 

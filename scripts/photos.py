@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""A deterministic corpus of real photographs in the encodings a shop receives, and the
-project's database connection, shared by scripts/parity.py and scripts/bench.py.
+"""The one place for scikit-image's photographs: where they are, which of them are real
+pictures (PHOTOS), and a deterministic corpus of them in the encodings a shop receives;
+plus the project's database connection. Used by the tests (pgrx-tests/), scripts/parity.py,
+the demo and the benchmarks.
 
 The photos are scikit-image's sample images (skimage/data), used as shipped, plus
 re-encodings made here with Pillow (JPEG baseline/progressive/grey/CMYK/EXIF-rotated,
@@ -10,7 +12,9 @@ EXIF-rotated photo, a grey one) that pg_vision decodes at a reduced DCT scale.
 Pillow's encoders are deterministic, so the same Pillow version gives the same bytes.
 
 Usage: photos.py --out DIR      writes the corpus (and jpeg_1000.jpg) for manual checks
-As a module: corpus() -> [(name, bytes)], jpeg_1000() -> bytes, connect() -> psycopg connection,
+       photos.py --data-dir     prints scikit-image's data folder (for shell scripts)
+As a module: names(*kinds) -> file names, shipped(name) -> bytes, photo(name) -> PIL image,
+corpus() -> [(name, bytes)], jpeg_1000() -> bytes, connect() -> psycopg connection,
 server(preload) starts the cluster as a test needs it
 """
 
@@ -21,6 +25,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 import zlib
 
 import numpy as np
@@ -28,19 +33,43 @@ from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Shipped files that are real photographs (or, for logo/color, real logo and colour-wheel
-# artwork; logo.png is RGBA but fully opaque, so real transparency comes from derived()). Synthetic test patterns (chessboard, phantom, text) are left out.
-SHIPPED = [
-    "astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
-    "hubble_deep_field.jpg", "retina.jpg", "camera.png", "coins.png", "moon.png",
-    "brick.png", "grass.png", "gravel.png", "ihc.png", "color.png", "logo.png",
-    "no_time_for_that_tiny.gif",
+# scikit-image's sample files this project uses, each with what it is, in the order they
+# are taken (the shop demo takes the first --photos of them). Synthetic test patterns
+# (chessboard, phantom) are left out. The one list: the parity corpus, the demo, the
+# benchmarks and the tests all take their photos from it, through names().
+PHOTOS = [
+    # real photographs
+    ("astronaut.png", "photo"), ("chelsea.png", "photo"), ("coffee.png", "photo"), ("rocket.jpg", "photo"),
+    ("motorcycle_left.png", "photo"), ("hubble_deep_field.jpg", "photo"), ("retina.jpg", "photo"),
+    ("camera.png", "photo"), ("coins.png", "photo"), ("moon.png", "photo"), ("brick.png", "photo"),
+    ("grass.png", "photo"), ("gravel.png", "photo"), ("ihc.png", "photo"),
+    # other real pictures: microscopy, a blurred grey photo, a scanned page, a silhouette, text
+    ("cell.png", "other"), ("microaneurysms.png", "other"), ("clock_motion.png", "other"),
+    # real artwork: a colour wheel and a logo (RGBA but fully opaque; real transparency
+    # comes from derived())
+    ("color.png", "artwork"),
+    ("page.png", "other"),
+    ("logo.png", "artwork"),
+    ("horse.png", "other"), ("text.png", "other"),
+    # a small animated GIF
+    ("no_time_for_that_tiny.gif", "animation"),
 ]
+# The shipped files in the parity corpus, as shipped.
+CORPUS_KINDS = ("photo", "artwork", "animation")
 
 
+@functools.lru_cache(maxsize=1)
 def skimage_data_dir():
-    import skimage.data  # imported here: only the corpus needs scikit-image
+    """scikit-image's data folder, where its sample images are (`photos.py --data-dir`
+    prints it for the shell scripts)."""
+    import skimage.data  # imported here: only the photos need scikit-image
     return os.path.dirname(skimage.data.__file__)
+
+
+def names(*kinds):
+    """The PHOTOS of these kinds (all if none given) that this scikit-image ships, in order."""
+    present = set(os.listdir(skimage_data_dir()))
+    return [n for n, kind in PHOTOS if (not kinds or kind in kinds) and n in present]
 
 
 @functools.lru_cache(maxsize=None)
@@ -117,32 +146,45 @@ def exif_rotated_jpeg(img):
     return encode(stored, "JPEG", quality=90, exif=exif.tobytes())
 
 
-def derived():
-    """Re-encodings of the shipped photos, one per format variant."""
+@functools.lru_cache(maxsize=1)
+def _derived():
+    """(name, the shipped file it re-encodes or None if its pixels changed, bytes), one per format variant."""
     astronaut, chelsea, coffee = photo("astronaut.png"), photo("chelsea.png"), photo("coffee.png")
     rocket, motorcycle, ihc = photo("rocket.jpg").convert("RGB"), photo("motorcycle_left.png"), photo("ihc.png")
     camera, logo = photo("camera.png"), cutout(photo("logo.png"))
-    return [
-        ("astronaut_q90.jpg", encode(astronaut, "JPEG", quality=90)),
-        ("chelsea_progressive.jpg", encode(chelsea, "JPEG", quality=90, progressive=True)),
-        ("camera_grey.jpg", encode(camera, "JPEG", quality=90)),
-        ("coffee_cmyk.jpg", encode(coffee.convert("CMYK"), "JPEG", quality=90)),
-        ("rocket_exif6.jpg", exif_rotated_jpeg(rocket)),
-        ("rocket_rgb8.png", encode(rocket, "PNG")),
-        ("chelsea_rgb16.png", png_rgb16(chelsea)),
-        ("camera_grey16.png", encode(Image.fromarray(np.asarray(camera.convert("L"), dtype=np.uint16) * 257), "PNG")),
-        ("coffee_palette.png", encode(coffee.quantize(256), "PNG")),
-        ("camera_grey_alpha.png", encode(with_alpha(camera, "LA"), "PNG")),
-        ("chelsea_rgba.png", encode(with_alpha(chelsea), "PNG")),
-        ("logo_cutout.png", encode(logo, "PNG")),
-        ("coffee_lossy.webp", encode(coffee, "WEBP", quality=80, method=4)),
-        ("motorcycle_lossless.webp", encode(motorcycle, "WEBP", lossless=True)),
-        ("logo_cutout.webp", encode(logo, "WEBP", quality=90, method=4)),
-        ("chelsea.gif", encode(chelsea.quantize(256), "GIF")),
-        ("motorcycle.bmp", encode(motorcycle, "BMP")),
-        ("ihc.tif", encode(ihc, "TIFF")),
-        ("astronaut_lzw.tif", encode(astronaut, "TIFF", compression="tiff_lzw")),
-    ]
+    return (
+        ("astronaut_q90.jpg", "astronaut.png", encode(astronaut, "JPEG", quality=90)),
+        ("chelsea_progressive.jpg", "chelsea.png", encode(chelsea, "JPEG", quality=90, progressive=True)),
+        ("camera_grey.jpg", "camera.png", encode(camera, "JPEG", quality=90)),
+        ("coffee_cmyk.jpg", "coffee.png", encode(coffee.convert("CMYK"), "JPEG", quality=90)),
+        ("rocket_exif6.jpg", "rocket.jpg", exif_rotated_jpeg(rocket)),
+        ("rocket_rgb8.png", "rocket.jpg", encode(rocket, "PNG")),
+        ("chelsea_rgb16.png", "chelsea.png", png_rgb16(chelsea)),
+        ("camera_grey16.png", "camera.png",
+         encode(Image.fromarray(np.asarray(camera.convert("L"), dtype=np.uint16) * 257), "PNG")),
+        ("coffee_palette.png", "coffee.png", encode(coffee.quantize(256), "PNG")),
+        ("camera_grey_alpha.png", "camera.png", encode(with_alpha(camera, "LA"), "PNG")),
+        ("chelsea_rgba.png", "chelsea.png", encode(with_alpha(chelsea), "PNG")),
+        ("logo_cutout.png", None, encode(logo, "PNG")),
+        ("coffee_lossy.webp", "coffee.png", encode(coffee, "WEBP", quality=80, method=4)),
+        ("motorcycle_lossless.webp", "motorcycle_left.png", encode(motorcycle, "WEBP", lossless=True)),
+        ("logo_cutout.webp", None, encode(logo, "WEBP", quality=90, method=4)),
+        ("chelsea.gif", "chelsea.png", encode(chelsea.quantize(256), "GIF")),
+        ("motorcycle.bmp", "motorcycle_left.png", encode(motorcycle, "BMP")),
+        ("ihc.tif", "ihc.png", encode(ihc, "TIFF")),
+        ("astronaut_lzw.tif", "astronaut.png", encode(astronaut, "TIFF", compression="tiff_lzw")),
+    )
+
+
+def derived():
+    """Re-encodings of the shipped photos, one per format variant: [(name, bytes)]."""
+    return [(name, data) for name, _, data in _derived()]
+
+
+def source_of(name):
+    """The shipped file a derived corpus entry re-encodes at the same size (for comparing
+    pixels), or None (a shipped file itself, a cutout, a mosaic, a resized photo)."""
+    return {n: src for n, src, _ in _derived()}.get(name)
 
 
 def collage(width, height, tile=256):
@@ -178,11 +220,11 @@ def large():
 
 @functools.lru_cache(maxsize=1)
 def _corpus():
-    names = set(os.listdir(skimage_data_dir()))
-    missing = [n for n in SHIPPED if n not in names]
+    present = names(*CORPUS_KINDS)
+    missing = [n for n, kind in PHOTOS if kind in CORPUS_KINDS and n not in present]
     if missing:
         print(f"photos.py: not in this scikit-image, skipped: {', '.join(missing)}", file=sys.stderr)
-    return tuple([(n, shipped(n)) for n in SHIPPED if n in names] + derived() + large())
+    return tuple([(n, shipped(n)) for n in present] + derived() + large())
 
 
 def corpus():
@@ -269,10 +311,44 @@ def server(preload=True):
         c.execute("CREATE EXTENSION IF NOT EXISTS pg_vision CASCADE")
 
 
+def alter_system(name, value=None):
+    """ALTER SYSTEM SET name = value (RESET when value is None) and pg_reload_conf(), then
+    waits until a new session sees it. `value` is in the setting's base unit (MB for
+    pg_vision.memory_budget), as pg_settings.setting shows it; RESET waits for boot_val
+    (NULL shows as '')."""
+    import re
+
+    from psycopg import sql
+
+    if not re.fullmatch(r"[a-z_][a-z0-9_.]*", name):
+        raise ValueError(f"not a setting name: {name!r}")
+    with connect() as c:
+        if value is None:
+            c.execute(f"ALTER SYSTEM RESET {name}")
+        else:
+            c.execute(sql.SQL(f"ALTER SYSTEM SET {name} = {{}}").format(sql.Literal(str(value))))
+        c.execute("SELECT pg_reload_conf()")
+        want = str(value) if value is not None else c.execute(
+            "SELECT coalesce(boot_val, '') FROM pg_settings WHERE name = %s", (name,)).fetchone()[0]
+    shown = None
+    for _ in range(50):
+        time.sleep(0.1)
+        with connect() as c:
+            shown = c.execute("SELECT coalesce(setting, '') FROM pg_settings WHERE name = %s", (name,)).fetchone()[0]
+        if shown == want:
+            return
+    raise RuntimeError(f"{name} did not become {want!r} after pg_reload_conf() (still {shown!r})")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True, help="directory to write the images into")
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--out", help="directory to write the images into")
+    what.add_argument("--data-dir", action="store_true", help="print scikit-image's data folder and exit")
     args = ap.parse_args()
+    if args.data_dir:
+        print(skimage_data_dir())
+        return 0
     os.makedirs(args.out, exist_ok=True)
     for name, data in corpus() + [("jpeg_1000.jpg", jpeg_1000())]:
         with open(os.path.join(args.out, name), "wb") as f:

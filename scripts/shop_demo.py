@@ -20,13 +20,8 @@ import time
 from PIL import Image, ImageEnhance, ImageOps
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from photos import connect, skimage_data_dir  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Photographs (not drawings, text or test patterns) that scikit-image ships.
-PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg",
-          "retina.jpg", "camera.png", "coins.png", "moon.png", "brick.png", "grass.png", "gravel.png", "ihc.png",
-          "cell.png", "microaneurysms.png", "clock_motion.png", "color.png", "page.png", "logo.png", "horse.png", "text.png"]
+import photos  # noqa: E402
+from photos import REPO, connect  # noqa: E402
 
 
 def jpeg(img, quality=85):
@@ -53,7 +48,7 @@ def load_catalogue(cur, names):
     cur.execute("DELETE FROM pg_vision_errors WHERE relation = 'product_images'::regclass")
     rows, t0 = 0, time.perf_counter()
     for i, name in enumerate(names):
-        original = open(os.path.join(skimage_data_dir(), name), "rb").read()
+        original = photos.shipped(name)
         cur.execute("INSERT INTO products (name, sku, price, category) VALUES (%s, %s, %s, %s) RETURNING id",
                     (name.split(".")[0], f"SKU-{i:04d}", 10 + i, "photo"))
         pid = cur.fetchone()[0]
@@ -111,7 +106,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", type=int, default=20)
     args = ap.parse_args()
-    names = [n for n in PHOTOS if os.path.exists(os.path.join(skimage_data_dir(), n))][: args.photos]
+    # Every still picture of photos.PHOTOS (photographs first), not the animated GIF.
+    names = photos.names("photo", "other", "artwork")[: args.photos]
     with connect() as conn, conn.cursor() as cur:
         rows, secs = load_catalogue(cur, names)
         print(f"catalogue: {len(names)} products, {rows} images inserted through the trigger in {secs:.1f} s "
@@ -122,7 +118,7 @@ def main():
         cur.execute("SELECT count(*) FROM pg_vision_errors WHERE relation = 'product_images'::regclass")
         print(f"  {cur.fetchone()[0]} rows recorded in pg_vision_errors")
 
-        chelsea = open(os.path.join(skimage_data_dir(), "chelsea.png"), "rb").read()
+        chelsea = photos.shipped("chelsea.png")
         show_search(cur, "chelsea.png, as stored", chelsea)
         img = Image.open(io.BytesIO(chelsea)).convert("RGB")
         w, h = img.size

@@ -1,9 +1,26 @@
 #!/usr/bin/env bash
-# Every test: core unit tests, #[pg_test]s, the pg_regress suite, the hostile-call suite
-# (pytest, as an ordinary role), the memory budget and query-cancel drivers, and the parity gate against the independent reference pipeline. Run by `make test` after setup.
+# Every test, fastest first, stopping at the first failure (which names the step and, in
+# pytest, the test). Run by `make test` after setup:
+#   1. format and lint: cargo fmt --check, cargo clippy -D warnings (core, then the extension);
+#   2. unit tests of the Postgres-free core (cargo test -p pg_vision_core);
+#   3. #[pg_test]s (cargo pgrx test, debug build in its own cluster);
+#   4. the pg_regress suite (scripts/regress.sh: pgrx-tests/pg_regress);
+#   5. extension upgrades from every released version (scripts/upgrade_test.sh: pgrx-tests/upgrade);
+#   6. the end-to-end pytest suites (pgrx-tests/python): memory budget, cancel, hostile
+#      calls from an ordinary role, parity with the reference pipeline.
+# Which runner runs what, and how to run one test: pgrx-tests/README.md.
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 cd "$REPO"
+
+say "format (cargo fmt --all --check)"
+cargo fmt --all --check
+
+say "lint the Postgres-free core (cargo clippy -p pg_vision_core --all-targets -D warnings)"
+cargo clippy -q -p pg_vision_core --all-targets -- -D warnings
+
+say "lint the extension (cargo clippy --features \"pg$PG_MAJOR pg_test\" --all-targets -D warnings)"
+cargo clippy -q --features "pg$PG_MAJOR pg_test" --all-targets -- -D warnings
 
 say "unit tests of the Postgres-free core (cargo test -p pg_vision_core)"
 # The fixture test of the text tower runs ONNX Runtime from the library setup installed.
@@ -18,26 +35,17 @@ else
   cargo pgrx test "pg$PG_MAJOR" --pgdata "$STATE/pgrx-test"
 fi
 
-# pg_test installed a debug build; the SQL suites run on the release build.
+# pg_test installed a debug build; the SQL and end-to-end suites run on the release build.
 "$REPO/scripts/install.sh"
 "$REPO/scripts/pg.sh" restart
 
-say "SQL regression tests (pg_regress: pgrx-tests/sql vs pgrx-tests/expected)"
+say "SQL regression tests (pg_regress: pgrx-tests/pg_regress)"
 "$REPO/scripts/regress.sh"
 
 say "extension upgrade: ALTER EXTENSION pg_vision UPDATE from every released version equals a new install"
 "$REPO/scripts/upgrade_test.sh"
 
-say "hostile calls from an ordinary role (pytest pgrx-tests/python)"
-"$PY" -m pytest -q -p no:cacheprovider pgrx-tests/python
-
-say "memory budget across backends (shared_preload_libraries, 8 sessions, release on exit, reload)"
-"$PY" scripts/budget_test.py
-
-say "statement_timeout and pg_cancel_backend stop a long embed_images() batch within a second"
-"$PY" scripts/cancel_test.py
-
-say "parity with the reference pipeline (Pillow + onnxruntime), gate cosine >= 0.999"
-"$PY" scripts/parity.py
+say "end-to-end tests (pytest pgrx-tests/python): memory budget, cancel, hostile calls, parity (cosine >= 0.999)"
+"$PY" -m pytest -q -p no:cacheprovider -rs pgrx-tests/python
 
 say "all tests passed"

@@ -32,7 +32,7 @@ SELECT 'config table ' || c::regclass::text, '' FROM pg_extension e, unnest(e.ex
 ORDER BY 1"
 
 OUT="$STATE/upgrade"
-PHOTO="$("$PY" -c 'import skimage, os; print(os.path.join(os.path.dirname(skimage.__file__), "data", "chelsea.png"))')"
+PHOTO="$("$PY" scripts/photos.py --data-dir)/chelsea.png"
 rm -rf "$OUT" && mkdir -p "$OUT"
 pgv_psql -q -d postgres -c "DROP DATABASE IF EXISTS pg_vision_upgrade_new" -c "CREATE DATABASE pg_vision_upgrade_new"
 PGDATABASE=pg_vision_upgrade_new pgv_psql -q -c "CREATE EXTENSION pg_vision CASCADE"

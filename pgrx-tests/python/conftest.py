@@ -1,16 +1,20 @@
-"""Fixtures for the end-to-end tests: the project's cluster (scripts/pg.sh), connections
-as the superuser and as an ordinary role, and a watch on the server's health (no backend
-may crash, the postmaster must never restart)."""
+"""Fixtures for the end-to-end tests: the project's cluster (scripts/pg.sh) with and
+without pg_vision in shared_preload_libraries, connections as the superuser and as an
+ordinary role, server settings changed with ALTER SYSTEM and restored, and a watch on the
+server's health (no backend may crash, the postmaster must never restart).
+
+Shared helpers that are not fixtures are in helpers.py; photos, the connection and the
+cluster's start/restart come from scripts/photos.py."""
 
 import os
 import sys
 
-import psycopg
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 import photos  # noqa: E402
+from helpers import SystemSettings  # noqa: E402
 
 # An ordinary role: LOGIN, no superuser, nothing granted beyond what PUBLIC has.
 HOSTILE_ROLE = "pgv_hostile"
@@ -19,25 +23,37 @@ HOSTILE_ROLE = "pgv_hostile"
 @pytest.fixture(scope="session")
 def cluster():
     """The project's cluster with pg_vision in shared_preload_libraries and the extension
-    created, by the superuser, as in production."""
+    created, by the superuser, as in production. Returns $STATE."""
     photos.server(preload=True)
     with photos.connect() as c:
         c.execute("ALTER EXTENSION pg_vision UPDATE")  # a cluster kept from an older build
     return photos.state_dir()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
+def without_preload(cluster):
+    """The cluster restarted WITHOUT shared_preload_libraries for the rest of the module,
+    and restarted with it afterwards. Connections opened before are gone: request it only
+    from a module's last tests, and not together with `health` (the postmaster restarts)."""
+    photos.server(preload=False)
+    yield
+    photos.server(preload=True)
+
+
+@pytest.fixture(scope="module")
 def superuser(cluster):
+    """One superuser connection per module (a module may restart the server)."""
     with photos.connect() as c:
         yield c
 
 
 @pytest.fixture(scope="session")
-def hostile_role(superuser):
-    superuser.execute(f"DROP OWNED BY {HOSTILE_ROLE}" if superuser.execute(
-        "SELECT 1 FROM pg_roles WHERE rolname = %s", (HOSTILE_ROLE,)).fetchone() else "SELECT 1")
-    superuser.execute(f"DROP ROLE IF EXISTS {HOSTILE_ROLE}")
-    superuser.execute(f"CREATE ROLE {HOSTILE_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE")
+def hostile_role(cluster):
+    with photos.connect() as c:
+        if c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (HOSTILE_ROLE,)).fetchone():
+            c.execute(f"DROP OWNED BY {HOSTILE_ROLE}")
+        c.execute(f"DROP ROLE IF EXISTS {HOSTILE_ROLE}")
+        c.execute(f"CREATE ROLE {HOSTILE_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE")
     return HOSTILE_ROLE
 
 
@@ -48,12 +64,30 @@ def hostile(hostile_role):
         yield c
 
 
+@pytest.fixture
+def system_settings(cluster):
+    """ALTER SYSTEM SET + pg_reload_conf() for one test: .set(name, value), .reset(name);
+    whatever it changed is reset (and reloaded) when the test ends."""
+    s = SystemSettings()
+    yield s
+    s.restore()
+
+
+@pytest.fixture(scope="module")
+def module_settings(cluster):
+    """system_settings for module-scoped fixtures: reset when the module ends."""
+    s = SystemSettings()
+    yield s
+    s.restore()
+
+
 class ServerHealth:
     """The postmaster's start time and the server log's length when the tests began."""
 
-    def __init__(self, conn, log):
-        self.conn, self.log = conn, log
-        self.started = conn.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
+    def __init__(self, log):
+        self.log = log
+        with photos.connect() as c:
+            self.started = c.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
         self.offset = os.path.getsize(log)
 
     def new_log(self):
@@ -70,8 +104,9 @@ class ServerHealth:
         assert now == self.started, f"the postmaster restarted (start time {self.started} -> {now})"
 
 
-@pytest.fixture(scope="session")
-def health(superuser, cluster):
-    h = ServerHealth(superuser, os.path.join(cluster, "postgres.log"))
+@pytest.fixture(scope="module")
+def health(cluster):
+    """Fails the module if a backend died by a signal or the postmaster restarted while it ran."""
+    h = ServerHealth(os.path.join(cluster, "postgres.log"))
     yield h
     h.check()

@@ -1,7 +1,7 @@
 """Hostile calls from an ordinary role (issue 9): no input or argument may crash a backend,
 restart the cluster, hang past a cancel, or lift a limit. Every call here runs as a LOGIN
 role with nothing granted; the superuser only creates the extension and the test data.
-The `health` fixture fails the session if any backend died by a signal or the postmaster
+The `health` fixture fails the module if any backend died by a signal or the postmaster
 restarted."""
 
 import io
@@ -15,10 +15,10 @@ import time
 import numpy as np
 import psycopg
 import pytest
-from psycopg import sql
 from PIL import Image
 
 import photos
+from helpers import cancel_latency, sqlstate
 
 pytestmark = pytest.mark.usefixtures("health")
 
@@ -42,15 +42,6 @@ TINY_PNG = png(Image.new("RGB", (32, 32), (120, 80, 40)))
 @pytest.fixture(scope="module")
 def chelsea_jpeg():
     return jpeg(photos.photo("chelsea.png"))
-
-
-def sqlstate(conn, query, params=()):
-    """The SQLSTATE and message a statement fails with, or ("ok", None)."""
-    try:
-        conn.execute(query, params)
-        return "ok", None
-    except psycopg.Error as e:
-        return e.sqlstate, e.diag.message_primary
 
 
 # --- 1. memory sized by the caller ---------------------------------------------------------
@@ -158,29 +149,6 @@ def test_vector_type_ignores_look_alike_catalogs(hostile, chelsea_jpeg):
 
 
 # --- 6. cancel --------------------------------------------------------------------------
-
-def cancel_latency(conn, query, params, after):
-    """Runs `query`, cancels it from another connection `after` seconds in; returns the
-    seconds from the cancel to the error (None: it finished before the cancel)."""
-    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-    fired = {}
-
-    def cancel():
-        time.sleep(after)
-        with photos.connect() as other:
-            fired["t"] = time.monotonic()
-            other.execute("SELECT pg_cancel_backend(%s)", (pid,))
-
-    th = threading.Thread(target=cancel)
-    th.start()
-    try:
-        conn.execute(query, params)
-        result = None
-    except psycopg.errors.QueryCanceled:
-        result = time.monotonic() - fired["t"]
-    th.join()
-    return result
-
 
 def embed_then_time_out(conn, image, timeout):
     """Embeds `image` once untimed, then again under statement_timeout = `timeout`; returns
@@ -348,7 +316,7 @@ def test_null_arguments_never_give_internal_errors(hostile, superuser, hostile_r
 
 # --- 11. preload ------------------------------------------------------------------------
 
-def test_broken_preload_models_never_stop_logins(superuser, hostile_role, cluster):
+def test_broken_preload_models_never_stop_logins(system_settings, hostile_role, cluster):
     models = os.path.join(cluster, "hostile_models")
     os.makedirs(models, exist_ok=True)
     repo_models = os.path.join(photos.REPO, "models")
@@ -360,23 +328,16 @@ def test_broken_preload_models_never_stop_logins(superuser, hostile_role, cluste
         f.write(os.urandom(4096))
     json.dump(dict(base, name="ghost", onnx_file="ghost.onnx"), open(os.path.join(models, "ghost.json"), "w"))
     os.system(f"chmod -R a+rX {models}")
-    try:
-        superuser.execute(sql.SQL("ALTER SYSTEM SET pg_vision.model_dir = {}").format(sql.Literal(models)))
-        superuser.execute("ALTER SYSTEM SET pg_vision.preload_models = 'corrupt, ghost, efficientnet'")
-        superuser.execute("SELECT pg_reload_conf()")
-        time.sleep(0.5)
-        notices = []
-        with photos.connect(user=hostile_role) as c:
-            c.add_notice_handler(lambda d: notices.append(d.message_primary))
-            assert c.execute("SELECT 1").fetchone()[0] == 1
-            loaded = [r[0] for r in c.execute("SELECT name FROM pg_vision_loaded_models()").fetchall()]
-        text = "\n".join(notices)
-        assert '"corrupt"' in text and '"ghost"' in text, text
-        assert loaded == ["efficientnet"], loaded
-    finally:
-        superuser.execute("ALTER SYSTEM RESET pg_vision.model_dir")
-        superuser.execute("ALTER SYSTEM RESET pg_vision.preload_models")
-        superuser.execute("SELECT pg_reload_conf()")
+    system_settings.set("pg_vision.model_dir", models)
+    system_settings.set("pg_vision.preload_models", "corrupt, ghost, efficientnet")
+    notices = []
+    with photos.connect(user=hostile_role) as c:
+        c.add_notice_handler(lambda d: notices.append(d.message_primary))
+        assert c.execute("SELECT 1").fetchone()[0] == 1
+        loaded = [r[0] for r in c.execute("SELECT name FROM pg_vision_loaded_models()").fetchall()]
+    text = "\n".join(notices)
+    assert '"corrupt"' in text and '"ghost"' in text, text
+    assert loaded == ["efficientnet"], loaded
 
 
 # --- 12. the GUC prefix ---------------------------------------------------------------------

@@ -12,7 +12,7 @@ on (the default: decoded at 1/2 scale) and off (full-size decode), side by side:
 It prints p50/p95/p99/mean in milliseconds, the backend's RSS before and after the model
 loads (from /proc: the server runs on this machine), and the settings used.
 
-Usage: bench.py [--iterations 200] [--model efficientnet] [--threads N] [--json FILE]
+Usage: scripts/bench/latency.py [--iterations 200] [--model efficientnet] [--threads N] [--json FILE]
 """
 
 import argparse
@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/, for photos.py
 import photos  # noqa: E402
 
 WARMUP_CALLS = 10

@@ -5,7 +5,7 @@ For each setting, opens fresh connections and times the connection itself and th
 embed_efficientnet() call in it (median of --runs). With preload the model load moves from
 the first call into the connection (loaded right after authentication, see README,
 "Warm-up"). Needs shared_preload_libraries = 'pg_vision' (scripts/pg.sh's default).
-Usage: preload_latency.py [--runs 5] [--model efficientnet]
+Usage: scripts/bench/preload_latency.py [--runs 5] [--model efficientnet]
 """
 
 import argparse
@@ -14,18 +14,12 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from photos import connect, server, shipped  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/, for photos.py
+from photos import alter_system, connect, server, shipped  # noqa: E402
 
 
 def set_preload(models):
-    with connect() as c:
-        if models:
-            c.execute(f"ALTER SYSTEM SET pg_vision.preload_models = '{models}'")
-        else:
-            c.execute("ALTER SYSTEM RESET pg_vision.preload_models")
-        c.execute("SELECT pg_reload_conf()")
-    time.sleep(0.5)
+    alter_system("pg_vision.preload_models", models or None)
 
 
 def run(model, image, runs):

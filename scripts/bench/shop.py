@@ -6,7 +6,7 @@ on the same images, and the storefront's search latency on an HNSW index over 1,
 Images are real photographs (scikit-image's) varied by random crops, mirrors, rotations
 and colour, re-encoded as JPEG at about 640 px: distinct images, like a catalogue's.
 
-Usage: bench_shop.py [--copy 500] [--total 1000] [--queries 200] [--json FILE]
+Usage: scripts/bench/shop.py [--copy 500] [--total 1000] [--queries 200] [--json FILE]
 """
 import argparse
 import io
@@ -19,21 +19,18 @@ import time
 
 from PIL import Image, ImageEnhance, ImageOps
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from photos import connect, skimage_data_dir  # noqa: E402
-
-SOURCES = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg",
-           "retina.jpg", "camera.png", "coins.png", "moon.png", "brick.png", "grass.png", "gravel.png", "ihc.png"]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/, for photos.py
+import photos  # noqa: E402
+from photos import connect  # noqa: E402
 
 
 def variants(n, seed=7):
-    """n distinct JPEGs derived from the real photos."""
+    """n distinct JPEGs derived from the real photographs (photos.names("photo"))."""
     rng = random.Random(seed)
-    photos = [Image.open(os.path.join(skimage_data_dir(), s)).convert("RGB") for s in SOURCES
-              if os.path.exists(os.path.join(skimage_data_dir(), s))]
+    sources = [photos.photo(name).convert("RGB") for name in photos.names("photo")]
     out = []
     for _ in range(n):
-        img = rng.choice(photos)
+        img = rng.choice(sources)
         w, h = img.size
         cw, ch = int(w * rng.uniform(0.5, 1.0)), int(h * rng.uniform(0.5, 1.0))
         x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)

@@ -2,11 +2,11 @@
 """Peak memory of one decode at the pixel limit: a 7000x7000 (49 MP) 16-bit RGBA PNG with
 EXIF orientation 6 (a 90-degree turn), embedded once in a fresh backend; prints the
 backend's peak RSS (VmHWM) before and after. README, "Security and limits".
-Usage: scripts/decode_peak_memory.py   (the project's cluster must be running)
+Usage: scripts/bench/decode_peak_memory.py   (the project's cluster must be running)
 """
 import struct, zlib, sys, os, time
 import numpy as np
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/, for photos.py
 import photos
 h = w = 7000
 y = np.arange(h, dtype=np.uint32)[:, None]

@@ -5,7 +5,7 @@ evicting and reloading. Prints throughput, errors by SQLSTATE, backends that cra
 (server log lines "terminated by signal" written during the run) and the largest shared
 usage seen against the budget.
 
-Usage: load_test.py [--clients 8] [--seconds 60] [--budget-mb 100]
+Usage: scripts/bench/load.py [--clients 8] [--seconds 60] [--budget-mb 100]   (part of make bench)
 The cluster must run with shared_preload_libraries = 'pg_vision' (scripts/pg.sh does).
 """
 
@@ -19,9 +19,8 @@ import time
 
 import psycopg
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from budget_test import set_budget, summary  # noqa: E402
-from photos import connect, server, shipped, state_dir  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/, for photos.py
+from photos import alter_system, connect, names, server, shipped, state_dir  # noqa: E402
 
 MODELS = ["efficientnet", "efficientnet_lite2", "clip_fixture"]
 MB = 1024 * 1024
@@ -33,13 +32,13 @@ def main():
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--budget-mb", type=int, default=100)
     args = ap.parse_args()
-    images = [shipped(n) for n in ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png")]
+    images = [shipped(n) for n in names("photo")[:4]]
 
     server(preload=True)
     with connect() as c:
         c.execute("SET client_min_messages = warning")
         c.execute("CREATE EXTENSION IF NOT EXISTS pg_vision CASCADE")
-    set_budget(args.budget_mb)
+    alter_system("pg_vision.memory_budget", args.budget_mb)
     log = os.path.join(state_dir(), "postgres.log")
     log_start = os.path.getsize(log)
 
@@ -71,7 +70,8 @@ def main():
     def poll():
         with connect() as c:
             while not stop.is_set():
-                budget, used, backends, _, ev, _ = summary(c)
+                budget, used, backends, ev = c.execute(
+                    "SELECT budget, used, backends, evictions FROM pg_vision_memory_summary").fetchone()
                 if peak["evictions0"] is None:
                     peak["evictions0"] = ev
                 peak.update(used=max(peak["used"], used), budget=budget, backends=max(peak["backends"], backends), evictions=ev)
@@ -86,7 +86,7 @@ def main():
     for t in threads:
         t.join()
     elapsed = time.monotonic() - t0
-    set_budget(None)
+    alter_system("pg_vision.memory_budget", None)
 
     with open(log, errors="replace") as f:
         f.seek(log_start)
