@@ -16,7 +16,8 @@ EXTDIR="$("$PG_CONFIG" --sharedir)/extension"
 current="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
 
 # Every extension member with its definition: functions in full, views as queries,
-# tables as their columns, plus the tables whose data pg_dump keeps.
+# tables as their columns, plus the tables whose data pg_dump keeps, every member's
+# privileges, and the row-level security policies on its tables.
 MEMBERS="
 SELECT pg_describe_object(d.classid, d.objid, 0) AS object,
        CASE WHEN d.classid = 'pg_proc'::regclass THEN pg_get_functiondef(d.objid)
@@ -29,6 +30,18 @@ SELECT pg_describe_object(d.classid, d.objid, 0) AS object,
  WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e' AND e.extname = 'pg_vision'
 UNION ALL
 SELECT 'config table ' || c::regclass::text, '' FROM pg_extension e, unnest(e.extconfig) c WHERE e.extname = 'pg_vision'
+UNION ALL
+SELECT 'privileges on ' || pg_describe_object(d.classid, d.objid, 0),
+       coalesce((SELECT proacl::text FROM pg_proc WHERE d.classid = 'pg_proc'::regclass AND oid = d.objid),
+                (SELECT relacl::text FROM pg_class WHERE d.classid = 'pg_class'::regclass AND oid = d.objid), '')
+  FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
+ WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e' AND e.extname = 'pg_vision'
+UNION ALL
+SELECT 'policy ' || p.polname || ' on ' || p.polrelid::regclass || ' (row security ' || c.relrowsecurity || ')',
+       p.polcmd::text || ' ' || p.polroles::text || ' ' || coalesce(pg_get_expr(p.polqual, p.polrelid), '') || ' ' ||
+       coalesce(pg_get_expr(p.polwithcheck, p.polrelid), '')
+  FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
+ WHERE p.polrelid IN (SELECT objid FROM pg_depend WHERE refobjid = (SELECT oid FROM pg_extension WHERE extname = 'pg_vision'))
 ORDER BY 1"
 
 OUT="$STATE/upgrade"

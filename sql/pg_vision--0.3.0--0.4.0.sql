@@ -335,3 +335,12 @@ REVOKE EXECUTE ON FUNCTION pg_vision_warmup(text[]) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pg_vision_memory(), pg_vision_memory_summary() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pg_vision_memory(), pg_vision_memory_summary() TO pg_monitor;
 GRANT SELECT ON pg_vision_memory, pg_vision_memory_summary TO pg_monitor;
+
+-- New: an administrator (superuser, or pg_signal_backend for non-superusers' backends)
+-- makes another backend give its models back at its next interrupt check.
+CREATE FUNCTION "pg_vision_release_models"(
+	"pid" INT /* i32 */
+) RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL RESTRICTED
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'pg_vision_release_models_wrapper';

@@ -46,26 +46,27 @@ unsafe extern "C" fn on_idle_timer() {
     unsafe { pg_sys::HandleCatchupInterrupt() };
 }
 
-/// Called after every use of a model: (re)starts this backend's idle timer, and the
-/// first time registers the timer and the transaction callback.
+/// Called after every use of a model: the first time, registers the transaction callback
+/// and the timer; then (re)starts the idle timer, when one is set.
 pub fn used() {
-    let ms = guc::model_idle_timeout_ms();
-    if ms <= 0 {
-        return;
-    }
     let id = TIMER.with(|t| match t.get() {
         Some(id) => id,
         None => {
-            // SAFETY: registers a handler in this backend's timeout table (a free
-            // user slot) and a callback run at every transaction end.
-            let id = unsafe { RegisterTimeout(USER_TIMEOUT, on_idle_timer) };
-            unsafe { pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut()) };
+            // SAFETY: registers a callback run at every transaction end, and a handler in
+            // this backend's timeout table (a free user slot).
+            let id = unsafe {
+                pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut());
+                RegisterTimeout(USER_TIMEOUT, on_idle_timer)
+            };
             t.set(Some(id));
             id
         }
     });
-    // SAFETY: arms our registered timeout.
-    unsafe { enable_timeout_after(id, ms) };
+    let ms = guc::model_idle_timeout_ms();
+    if ms > 0 {
+        // SAFETY: arms our registered timeout.
+        unsafe { enable_timeout_after(id, ms) };
+    }
 }
 
 #[pg_guard]

@@ -4,7 +4,8 @@ backfill and reads its error records. Checked: the failure policy and the backfi
 for them, each sees only its own error and progress rows and cannot forge or delete the
 other's, functions planted in `public` by one tenant are never called by the other's
 trigger or backfill, the backfill stays right under concurrent deletes and inserts, and
-the functions that show other sessions need a grant.
+the functions that show other sessions need a grant, and one tenant's idle sessions keep
+the other out of the memory budget for no longer than pg_vision.model_idle_timeout.
 
 Each scenario gets a database of its own (`pgv_tenants_*`). The hijack scenario also runs
 on the released 0.3.0 install script, where it must succeed: that proves the test can
@@ -52,7 +53,7 @@ def roles(superuser):
             superuser.execute(f"DROP OWNED BY {r}")
             superuser.execute(f"DROP ROLE {r}")
         superuser.execute(f"CREATE ROLE {r} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE")
-    superuser.execute(f"GRANT pg_monitor TO {MONITOR}")
+    superuser.execute(f"GRANT pg_monitor, pg_signal_backend TO {MONITOR}")
     return TENANTS
 
 
@@ -305,3 +306,116 @@ def test_other_sessions_and_warmup_need_a_grant(superuser, roles):
         su.execute(f"GRANT EXECUTE ON FUNCTION pg_vision_warmup(text[]) TO {roles[0]}")
     with connect(db, roles[0]) as a:
         a.execute("SELECT pg_vision_warmup(ARRAY['efficientnet'])")
+
+
+# --- fair budget -------------------------------------------------------------------------
+
+def budget_used(su):
+    return su.execute("SELECT coalesce(sum(bytes), 0) FROM pg_vision_memory").fetchone()[0]
+
+
+def empty_budget(su):
+    """Every backend gives its models back (the module's own connections included)."""
+    for (pid,) in su.execute("SELECT DISTINCT pid FROM pg_vision_memory").fetchall():
+        su.execute("SELECT pg_vision_release_models(%s)", (pid,))
+    deadline = time.monotonic() + 10
+    while budget_used(su) > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert budget_used(su) == 0, su.execute("SELECT * FROM pg_vision_memory").fetchall()
+
+
+def fill_budget_as_tenant_a(db, roles, sessions=2):
+    """Tenant A's sessions each load EfficientNet-Lite0 (about 20 MB) and then sit idle."""
+    held = [connect(db, roles[0]) for _ in range(sessions)]
+    for c in held:
+        c.execute("SELECT embed_efficientnet(%s)", (photos.shipped("chelsea.png"),))
+    return held
+
+
+def first_success(conn, query, params, timeout):
+    """Retries `query` while it fails with 53200; returns (seconds until it worked, the
+    first failure's message and hint)."""
+    t0 = time.monotonic()
+    first = None
+    while True:
+        try:
+            conn.execute(query, params)
+            return time.monotonic() - t0, first
+        except psycopg.errors.OutOfMemory as e:
+            first = first or (e.diag.message_primary, e.diag.message_hint)
+            assert time.monotonic() - t0 < timeout, f"still 53200 after {timeout} s: {first}"
+            time.sleep(0.1)
+
+
+def test_idle_sessions_of_one_role_keep_the_other_out_no_longer_than_the_idle_timeout(superuser, roles, system_settings):
+    db = database(superuser, "fairness")
+    system_settings.set("pg_vision.memory_budget", "45")   # two copies of EfficientNet-Lite0
+    system_settings.set("pg_vision.model_idle_timeout", "3000")
+    with connect(db) as su:
+        empty_budget(su)
+        held = fill_budget_as_tenant_a(db, roles)
+        filled = time.monotonic()
+        with connect(db, roles[1]) as b:
+            took, first = first_success(b, "SELECT embed_efficientnet(%s)", (photos.shipped("coffee.png"),), timeout=10)
+        waited = time.monotonic() - filled
+        left = {pid for (pid,) in su.execute("SELECT pid FROM pg_vision_memory").fetchall()}
+    assert first is not None, "B got in at once: the budget was not full"
+    assert "does not fit in pg_vision.memory_budget" in first[0]
+    assert "pg_vision.model_idle_timeout" in first[1] and "pg_vision_release_models" in first[1]
+    assert 2.5 < waited < 3 + 2, f"B waited {waited:.1f} s for an idle timeout of 3 s"
+    # A's sessions gave their models back while idle, without running a statement
+    assert not left & {c.info.backend_pid for c in held}
+    for c in held:
+        c.close()
+
+
+def test_an_administrator_makes_another_backend_give_its_models_back(superuser, roles, system_settings):
+    db = database(superuser, "release")
+    system_settings.set("pg_vision.memory_budget", "45")
+    system_settings.set("pg_vision.model_idle_timeout", "0")   # never on its own
+    with connect(db) as su:
+        empty_budget(su)
+        held = fill_budget_as_tenant_a(db, roles)
+        with connect(db, roles[1]) as b:
+            assert fails_with(b, "SELECT embed_efficientnet(%s)", (photos.shipped("coffee.png"),)) == "53200"
+            # an ordinary role may not make others release
+            assert fails_with(b, "SELECT pg_vision_release_models(%s)", (held[0].info.backend_pid,)) == "42501"
+            with connect(db, MONITOR) as admin:   # a member of pg_signal_backend
+                assert admin.execute("SELECT pg_vision_release_models(%s)", (held[0].info.backend_pid,)).fetchone() == (True,)
+                assert admin.execute("SELECT pg_vision_release_models(pg_backend_pid())").fetchone() == (False,)
+                # a superuser's backend is out of its reach, as for pg_cancel_backend
+                assert fails_with(admin, "SELECT pg_vision_release_models(%s)", (su.info.backend_pid,)) == "42501"
+            took, _ = first_success(b, "SELECT embed_efficientnet(%s)", (photos.shipped("coffee.png"),), timeout=2)
+        pids = {pid for (pid,) in su.execute("SELECT pid FROM pg_vision_memory").fetchall()}
+    assert took < 1.0, f"the released models freed the budget only after {took:.2f} s"
+    assert held[0].info.backend_pid not in pids and held[1].info.backend_pid in pids
+    # the released session works on, loading the model again when it needs it
+    held[0].execute("SELECT embed_efficientnet(%s)", (photos.shipped("chelsea.png"),))
+    for c in held:
+        c.close()
+
+
+def test_a_per_role_limit_evicts_the_role_s_own_models_first(superuser, roles):
+    db = database(superuser, "limit")
+    with connect(db) as su:
+        su.execute("SELECT pg_vision_warmup(ARRAY['efficientnet', 'efficientnet_lite2'])")  # measured sizes, for estimates
+        su.execute(f"ALTER ROLE {roles[0]} IN DATABASE {db} SET pg_vision.backend_memory_limit = '30MB'")
+        try:
+            with connect(db, roles[0]) as a:
+                assert fails_with(a, "SET pg_vision.backend_memory_limit = '1GB'") == "42501"
+                a.execute("SELECT embed_efficientnet(%s)", (photos.shipped("chelsea.png"),))          # about 20 MB
+                a.execute("SELECT embed_image('efficientnet_lite2', %s)", (photos.shipped("chelsea.png"),))  # about 24 MB
+                assert [n for (n,) in a.execute("SELECT name FROM pg_vision_loaded_models()").fetchall()] == ["efficientnet_lite2"]
+            su.execute(f"ALTER ROLE {roles[0]} IN DATABASE {db} SET pg_vision.backend_memory_limit = '20MB'")
+            with connect(db, roles[0]) as a:
+                a.execute("SELECT embed_efficientnet(%s)", (photos.shipped("chelsea.png"),))
+                try:
+                    a.execute("SELECT embed_image('efficientnet_lite2', %s)", (photos.shipped("chelsea.png"),))
+                    raise AssertionError("a 24 MB model loaded under a 20 MB limit")
+                except psycopg.errors.OutOfMemory as e:
+                    assert "pg_vision.backend_memory_limit (20.0 MB)" in e.diag.message_primary
+                # the failed load kept what the backend had
+                assert [n for (n,) in a.execute("SELECT name FROM pg_vision_loaded_models()").fetchall()] == ["efficientnet"]
+        finally:
+            su.execute(f"ALTER ROLE {roles[0]} IN DATABASE {db} RESET pg_vision.backend_memory_limit")
+            su.execute("SELECT pg_vision_unload()")
