@@ -4,23 +4,12 @@
 
 mod common;
 
-use std::io::Cursor;
-
 use pg_vision_core::decode::Options;
 use pg_vision_core::embed::{embed_image, embed_images, Batching, MAX_BATCH};
 use pg_vision_core::image_model::ImageModel;
 use pg_vision_core::manifest::{Manifest, Output, TextManifest};
 use pg_vision_core::text_model::TextModel;
 use pg_vision_core::Kind;
-
-fn png(w: u32, h: u32, seed: u8) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(w, h, |x, y| {
-        image::Rgb([(x as u8).wrapping_mul(seed), (y as u8).wrapping_add(seed), seed])
-    });
-    let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
-}
 
 /// The pipelined batch path against one-at-a-time embedding, with a cancel and a bad
 /// image; runs EfficientNet-Lite0.
@@ -31,7 +20,8 @@ fn embed_images_equals_single_and_stops_if_available() {
         return;
     };
     let mut model = ImageModel::load(&dir, "efficientnet", &opts).unwrap();
-    let files: Vec<Vec<u8>> = (1..=7).map(|i| png(200 + i * 30, 180 + i * 7, (i as u8).wrapping_mul(53))).collect();
+    let files: Vec<Vec<u8>> =
+        (1..=7).map(|i| common::png(200 + i * 30, 180 + i * 7, (i as u8).wrapping_mul(53))).collect();
     let refs: Vec<&[u8]> = files.iter().map(|f| f.as_slice()).collect();
     let three = Batching::new(3).unwrap().with_decode_threads(2);
     let batched = embed_images(&mut model, &refs, &Options::default(), three).unwrap();

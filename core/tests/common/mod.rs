@@ -1,6 +1,10 @@
 //! What the tests that run real models share: where the models are, and whether the files
-//! they need (ONNX files, the ONNX Runtime library) exist.
+//! they need (ONNX files, the ONNX Runtime library) exist, and test images.
 
+// Each test binary includes this module and uses a part of it.
+#![allow(dead_code)]
+
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use pg_vision_core::session::SessionOptions;
@@ -20,4 +24,14 @@ pub fn session_options(needs: &[&Path]) -> Option<SessionOptions> {
         return None;
     }
     Some(SessionOptions { library, intra_threads: 1 })
+}
+
+/// A PNG of a deterministic pattern (`seed` varies it).
+pub fn png(w: u32, h: u32, seed: u8) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x as u8).wrapping_mul(seed), (y as u8).wrapping_add(seed), seed])
+    });
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
 }
