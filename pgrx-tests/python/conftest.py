@@ -47,6 +47,26 @@ def superuser(cluster):
         yield c
 
 
+# The application role the shop's service would connect as: LOGIN, nothing granted. The
+# suites that are not about privileges (cancel, parity) run as it, as an application would.
+APP_ROLE = "pgv_app"
+
+
+@pytest.fixture(scope="session")
+def app_role(cluster):
+    with photos.connect() as c:
+        if not c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (APP_ROLE,)).fetchone():
+            c.execute(f"CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE")
+    return APP_ROLE
+
+
+@pytest.fixture(scope="module")
+def app(app_role):
+    """One connection as the application role per module."""
+    with photos.connect(user=app_role) as c:
+        yield c
+
+
 @pytest.fixture(scope="session")
 def hostile_role(cluster):
     with photos.connect() as c:

@@ -25,11 +25,10 @@ def small_jpeg():
 
 
 @pytest.fixture(scope="module")
-def session(cluster):
-    """One superuser session with efficientnet loaded, shared by the tests in order."""
-    with photos.connect() as c:
-        c.execute("SELECT pg_vision_warmup(ARRAY['efficientnet'])")
-        yield c
+def session(app, small_jpeg):
+    """One session of the application role with efficientnet loaded, shared by the tests in order."""
+    app.execute("SELECT embed_efficientnet(%s)", (small_jpeg,))
+    return app
 
 
 def test_statement_timeout_stops_a_long_batch(session, small_jpeg, capsys):

@@ -22,9 +22,9 @@ MODELS = sorted(os.path.basename(p)[:-len(".json")] for p in glob.glob(os.path.j
 
 
 @pytest.fixture(scope="module")
-def checkable(superuser):
+def checkable(app):
     """{model: manifest} for the models parity can check, {model: why not} for the others."""
-    run, skipped = parity.models_to_check(superuser, None)
+    run, skipped = parity.models_to_check(app, None)
     return dict(run), dict(skipped)
 
 
@@ -34,18 +34,18 @@ def corpus():
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_cosine_against_the_reference(model, superuser, checkable, corpus, capsys):
+def test_cosine_against_the_reference(model, app, checkable, corpus, capsys):
     run, skipped = checkable
     if model not in run:
         pytest.skip(f"{model}: {skipped.get(model, 'not known to the server')}")
-    low, failures = parity.check_model(superuser, model, run[model], corpus, parity.GATE)
+    low, failures = parity.check_model(app, model, run[model], corpus, parity.GATE)
     with capsys.disabled():
         print(f"\n  {model}: {len(corpus)} images, min cosine {low:.6f} (gate {parity.GATE})")
     assert not failures, "under the gate: " + ", ".join(f"{name} {c:.6f}" for name, c, _ in failures)
 
 
-def test_opennsfw_score_matches_the_package(superuser, checkable):
+def test_opennsfw_score_matches_the_package(app, checkable):
     run, skipped = checkable
     if "opennsfw" not in run:
         pytest.skip(f"opennsfw: {skipped.get('opennsfw', 'not known to the server')}")
-    assert parity.check_nsfw(superuser, "opennsfw")
+    assert parity.check_nsfw(app, "opennsfw")

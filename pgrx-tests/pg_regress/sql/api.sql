@@ -1,5 +1,4 @@
 -- The SQL API: functions, NULL handling, real-photo facts, volatility.
-CREATE EXTENSION IF NOT EXISTS pg_vision CASCADE;
 \getenv helpers PGV_REGRESS_HELPERS
 \i :helpers
 \set coffee :testdata '/coffee.png'

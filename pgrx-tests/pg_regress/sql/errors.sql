@@ -36,10 +36,9 @@ SELECT pg_temp.try(format('SELECT embed_efficientnet(pg_read_binary_file(%L))', 
 RESET pg_vision.model_dir;
 -- the backend is alive and still embeds after all of that
 SELECT vector_dims(embed_efficientnet(pg_read_binary_file(:'chelsea')));
--- only superusers may point the server at other files
-CREATE ROLE pgv_app LOGIN;
-SET ROLE pgv_app;
+-- only superusers, and roles they grant SET on the parameter, may point the server at
+-- other files (this suite's role has the grant; pgv_nobody has nothing)
+SET ROLE pgv_nobody;
 SELECT pg_temp.try($$SET pg_vision.model_dir = '/tmp'$$);
 SELECT pg_temp.try($$SET pg_vision.onnxruntime_library = '/tmp/x.so'$$);
 RESET ROLE;
-DROP ROLE pgv_app;
