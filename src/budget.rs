@@ -287,10 +287,14 @@ pub fn request_release(pid: i32) -> bool {
     })
 }
 
-/// Whether another backend asked this one to give its models back.
-pub fn release_requested() -> bool {
+/// Whether another backend asked this one to give back the models in `slots` (this
+/// backend's rows: only they are read, as this runs at every transaction end).
+pub fn release_requested(slots: &[usize]) -> bool {
+    if slots.is_empty() {
+        return false;
+    }
     let pid = my_pid();
-    with_table(|t| t.slots.iter().any(|s| s.pid == pid && s.release))
+    with_table(|t| slots.iter().any(|&i| t.slots[i].pid == pid && t.slots[i].release))
 }
 
 pub fn count_eviction() {

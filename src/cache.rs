@@ -343,6 +343,18 @@ fn list<M: Cached>(map: &'static LocalKey<Map<M>>, out: &mut Vec<Loaded>) {
     })
 }
 
+/// The budget rows of this backend's models.
+pub fn slots() -> Vec<usize> {
+    fn of<M>(map: &'static LocalKey<Map<M>>, out: &mut Vec<usize>) {
+        // try_borrow: called at transaction end, where a panic would be a PANIC.
+        map.with(|m| out.extend(m.try_borrow().iter().flat_map(|m| m.values().map(|e| e.slot))))
+    }
+    let mut v = Vec::new();
+    of(&IMAGE, &mut v);
+    of(&TEXT, &mut v);
+    v
+}
+
 pub fn loaded() -> Vec<Loaded> {
     let mut v = Vec::new();
     list(&IMAGE, &mut v);

@@ -75,7 +75,8 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
         return;
     }
     let expired = IDLE_EXPIRED.swap(false, Ordering::Relaxed);
-    let asked = budget::release_requested();
+    // Cheap when nothing is held: this runs at the end of every transaction.
+    let asked = std::panic::catch_unwind(|| budget::release_requested(&cache::slots())).unwrap_or(false);
     if !expired && !asked {
         return;
     }
