@@ -59,6 +59,10 @@ DECLARE
   vecs @extschema:vector@.vector[];
   suppressed tid[];
   failed tid[] := '{}';
+  bad tid[];              -- this batch's rows that cannot be embedded or updated, to record,
+  bad_model text[];       -- with the model, SQLSTATE and message of each
+  bad_state text[];
+  bad_msg text[];
   done bigint := 0;
   nfailed bigint := 0;
   left_now bigint;
@@ -110,6 +114,7 @@ BEGIN
       RETURN;
     END IF;
     batches := batches + 1;
+    bad := '{}'; bad_model := '{}'; bad_state := '{}'; bad_msg := '{}';
     FOR i IN 1 .. array_length(cfg.targets, 1) LOOP
       BEGIN
         vecs := @extschema@.embed_images(cfg.models[i], images);   -- its own inference batch size
@@ -125,10 +130,8 @@ BEGIN
             one := NULL;
             IF NOT ctids[j] = ANY (failed) THEN
               failed := failed || ctids[j];
-              nfailed := nfailed + 1;
-              EXECUTE format('SELECT @extschema@.pg_vision_record_error($1, @extschema@.pg_vision_row_identity($1, r), $2, $3, $4, $5)
-                                FROM %s r WHERE ctid = $6', rel)
-                USING rel, image_column, cfg.models[i], st, msg, ctids[j];
+              bad := bad || ctids[j]; bad_model := bad_model || cfg.models[i];
+              bad_state := bad_state || st; bad_msg := bad_msg || msg;
             END IF;
           END;
           vecs := vecs || one;
@@ -151,14 +154,18 @@ BEGIN
         INTO ctids, suppressed USING ctids, vecs, failed;
       FOR j IN 1 .. coalesce(array_length(suppressed, 1), 0) LOOP
         failed := failed || suppressed[j];
-        nfailed := nfailed + 1;
-        EXECUTE format('SELECT @extschema@.pg_vision_record_error($1, @extschema@.pg_vision_row_identity($1, r), $2, $3, $4, $5)
-                          FROM %s r WHERE ctid = $6', rel)
-          USING rel, image_column, cfg.models[i], '42501',
-                'the UPDATE of the embedding did not change the row: a row-level security policy or a BEFORE trigger suppressed it',
-                suppressed[j];
+        bad := bad || suppressed[j]; bad_model := bad_model || cfg.models[i];
+        bad_state := bad_state || '42501'::text;
+        bad_msg := bad_msg || 'the UPDATE of the embedding did not change the row: a row-level security policy or a BEFORE trigger suppressed it'::text;
       END LOOP;
     END LOOP;
+    -- Failed rows were left unchanged, so their ctids still name them.
+    FOR j IN 1 .. coalesce(array_length(bad, 1), 0) LOOP
+      EXECUTE format('SELECT @extschema@.pg_vision_record_error($1, @extschema@.pg_vision_row_identity($1, r), $2, $3, $4, $5)
+                        FROM %s r WHERE ctid = $6', rel)
+        USING rel, image_column, bad_model[j], bad_state[j], bad_msg[j], bad[j];
+    END LOOP;
+    nfailed := nfailed + coalesce(array_length(bad, 1), 0);
     IF checksum_column IS NOT NULL THEN
       EXECUTE format('UPDATE %s t SET %I = @extschema@.image_checksum(%I) WHERE t.ctid = ANY ($1) AND NOT t.ctid = ANY ($2)',
                      rel, checksum_column, image_column) USING ctids, failed;
