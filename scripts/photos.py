@@ -276,16 +276,16 @@ def state_dir():
     return out.stdout.strip()
 
 
-def connect(user="postgres", **kwargs):
+def connect(user="postgres", dbname=None, **kwargs):
     """A psycopg connection to the project's cluster (unix socket in $STATE/run), autocommit,
-    as `user` (the superuser by default)."""
+    as `user` (the superuser by default), to `dbname` (by default $PGDATABASE, else pg_vision)."""
     import psycopg  # imported here so `photos.py --out` works without psycopg
 
     state = state_dir()
     with open(os.path.join(state, "port")) as f:
         port = f.read().strip()
     return psycopg.connect(host=os.path.join(state, "run"), port=port, user=user,
-                           dbname=os.environ.get("PGDATABASE", "pg_vision"), autocommit=True, **kwargs)
+                           dbname=dbname or os.environ.get("PGDATABASE", "pg_vision"), autocommit=True, **kwargs)
 
 
 def server(preload=True):

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 
 import photos
+from helpers import sqlstate
 
 pytestmark = pytest.mark.usefixtures("health")
 
@@ -30,18 +31,12 @@ IMAGES = ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png")
 
 
 def connect(db, user="postgres"):
-    state = photos.state_dir()
-    with open(os.path.join(state, "port")) as f:
-        port = f.read().strip()
-    return psycopg.connect(host=os.path.join(state, "run"), port=port, user=user, dbname=db, autocommit=True)
+    return photos.connect(user=user, dbname=db)
 
 
 def fails_with(conn, query, params=()):
-    try:
-        conn.execute(query, params)
-    except psycopg.Error as e:
-        return e.sqlstate
-    return None
+    """The SQLSTATE a statement fails with, or "ok"."""
+    return sqlstate(conn, query, params)[0]
 
 
 @pytest.fixture(scope="module")
@@ -173,12 +168,12 @@ def hijack_scenario(superuser, roles, expected, version):
                                                           'on_error=null')""")
     a.execute("INSERT INTO shop_a (id, image) VALUES (1, %s)", (photos.shipped("chelsea.png"),))
     a.execute("UPDATE shop_a SET image = %s WHERE id = 1", (photos.shipped("coffee.png"),))
-    bad_stored = fails_with(a, "INSERT INTO shop_a (id, image) VALUES (2, '\\xdeadbeef')") is None
+    bad_stored = fails_with(a, "INSERT INTO shop_a (id, image) VALUES (2, '\\xdeadbeef')") == "ok"
     a.execute("ALTER TABLE shop_a DISABLE TRIGGER embed")
     a.execute("INSERT INTO shop_a (id, image) SELECT 2 + i, %s FROM generate_series(1, 3) i", (photos.shipped("rocket.jpg"),))
     a.execute("ALTER TABLE shop_a ENABLE TRIGGER embed")
     backfilled = fails_with(a, "CALL pg_vision_backfill('shop_a', 'image', ARRAY['emb:efficientnet'], "
-                               "checksum_column => 'checksum', batch_size => 2)") is None
+                               "checksum_column => 'checksum', batch_size => 2)") == "ok"
     with connect(db) as su:
         calls = sorted({fn for (fn,) in su.execute("SELECT fn FROM public.hijack_calls").fetchall()})
         rows = su.execute("SELECT id, emb::text, checksum, image_checksum(image) FROM shop_a "
