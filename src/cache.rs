@@ -167,7 +167,10 @@ fn does_not_fit(name: &str, tower: Tower, bytes: u64, s: &Shortfall) -> Error {
     let idle = match guc::model_idle_timeout_ms() {
         0 => "other sessions keep their models until they end (pg_vision.model_idle_timeout is 0)".to_owned(),
         ms => {
-            format!("other sessions give their models back after {} s unused (pg_vision.model_idle_timeout)", ms / 1000)
+            format!(
+                "other sessions give their models back after {} s unused (pg_vision.model_idle_timeout)",
+                f64::from(ms) / 1000.0
+            )
         }
     };
     Error::new(Kind::OutOfMemory, what).with_hint(format!(
