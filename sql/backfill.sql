@@ -31,14 +31,14 @@ COMMENT ON TABLE pg_vision_backfill_progress IS 'progress of pg_vision_backfill(
 -- roles that can run a backfill on it.
 ALTER TABLE pg_vision_backfill_progress ENABLE ROW LEVEL SECURITY;
 CREATE POLICY reader ON pg_vision_backfill_progress FOR SELECT
-  USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = relation), 'USAGE')
+  USING (@extschema@.pg_vision_owns(relation)
          OR pg_catalog.has_table_privilege(relation, 'UPDATE'));
 CREATE POLICY writer_inserts ON pg_vision_backfill_progress FOR INSERT
   WITH CHECK (pg_catalog.has_table_privilege(relation, 'UPDATE'));
 CREATE POLICY writer_updates ON pg_vision_backfill_progress FOR UPDATE
   USING (pg_catalog.has_table_privilege(relation, 'UPDATE'));
 CREATE POLICY owner_deletes ON pg_vision_backfill_progress FOR DELETE
-  USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = relation), 'USAGE'));
+  USING (@extschema@.pg_vision_owns(relation));
 GRANT SELECT, INSERT, UPDATE, DELETE ON pg_vision_backfill_progress TO PUBLIC;
 
 CREATE PROCEDURE pg_vision_backfill(

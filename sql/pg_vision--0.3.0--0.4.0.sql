@@ -14,11 +14,18 @@ COMMENT ON FUNCTION image_checksum(bytea) IS 'SHA-256 of the image bytes, lower-
 -- Application roles: error records and backfill progress under row-level security, written
 -- by the roles that write the table (see sql/trigger.sql); every function with a pinned
 -- search_path; warm-up and other sessions' memory need a grant (sql/privileges.sql).
+-- Whether the current role owns `rel` (or is a member of its owner): who sees a relation's
+-- rows in pg_vision_errors and pg_vision_backfill_progress.
+CREATE FUNCTION pg_vision_owns(rel regclass) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+  SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c WHERE c.oid = rel;
+END;
 ALTER TABLE pg_vision_errors ENABLE ROW LEVEL SECURITY;
 CREATE POLICY owner_reads ON pg_vision_errors FOR SELECT
-  USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = relation), 'USAGE'));
+  USING (@extschema@.pg_vision_owns(relation));
 CREATE POLICY owner_deletes ON pg_vision_errors FOR DELETE
-  USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = relation), 'USAGE'));
+  USING (@extschema@.pg_vision_owns(relation));
 CREATE POLICY writer_records ON pg_vision_errors FOR INSERT
   WITH CHECK (pg_catalog.has_table_privilege(relation, 'INSERT, UPDATE') AND at = pg_catalog.now());
 GRANT SELECT, INSERT, DELETE ON pg_vision_errors TO PUBLIC;
@@ -174,14 +181,14 @@ END $$;
 
 ALTER TABLE pg_vision_backfill_progress ENABLE ROW LEVEL SECURITY;
 CREATE POLICY reader ON pg_vision_backfill_progress FOR SELECT
-  USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = relation), 'USAGE')
+  USING (@extschema@.pg_vision_owns(relation)
          OR pg_catalog.has_table_privilege(relation, 'UPDATE'));
 CREATE POLICY writer_inserts ON pg_vision_backfill_progress FOR INSERT
   WITH CHECK (pg_catalog.has_table_privilege(relation, 'UPDATE'));
 CREATE POLICY writer_updates ON pg_vision_backfill_progress FOR UPDATE
   USING (pg_catalog.has_table_privilege(relation, 'UPDATE'));
 CREATE POLICY owner_deletes ON pg_vision_backfill_progress FOR DELETE
-  USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = relation), 'USAGE'));
+  USING (@extschema@.pg_vision_owns(relation));
 GRANT SELECT, INSERT, UPDATE, DELETE ON pg_vision_backfill_progress TO PUBLIC;
 
 

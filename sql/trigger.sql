@@ -36,11 +36,18 @@ SELECT pg_catalog.pg_extension_config_dump('pg_vision_errors_id_seq', '');
 -- that role too, so nobody can file rows against a relation they cannot write. (A
 -- SECURITY DEFINER writer could not make that check: inside it, the caller's role is
 -- gone.) Rows cannot be changed after they are written.
+-- Whether the current role owns `rel` (or is a member of its owner): who sees a relation's
+-- rows in pg_vision_errors and pg_vision_backfill_progress.
+CREATE FUNCTION pg_vision_owns(rel regclass) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+  SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c WHERE c.oid = rel;
+END;
 ALTER TABLE pg_vision_errors ENABLE ROW LEVEL SECURITY;
 CREATE POLICY owner_reads ON pg_vision_errors FOR SELECT
-  USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = relation), 'USAGE'));
+  USING (@extschema@.pg_vision_owns(relation));
 CREATE POLICY owner_deletes ON pg_vision_errors FOR DELETE
-  USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = relation), 'USAGE'));
+  USING (@extschema@.pg_vision_owns(relation));
 CREATE POLICY writer_records ON pg_vision_errors FOR INSERT
   WITH CHECK (pg_catalog.has_table_privilege(relation, 'INSERT, UPDATE') AND at = pg_catalog.now());
 GRANT SELECT, INSERT, DELETE ON pg_vision_errors TO PUBLIC;
