@@ -2,7 +2,7 @@
 --
 -- PUBLIC keeps what only spends the caller's own time and memory and shows nothing of
 -- other sessions: the embedding functions, image_info, image_checksum, image_from_base64,
--- pg_vision_models, pg_vision_model_dim, pg_vision_loaded_models, pg_vision_profile,
+-- pg_vision_models, pg_vision_model_dim, pg_vision_loaded_models, pg_vision_memo, pg_vision_profile,
 -- pg_vision_unload (this session's models), the trigger and the backfill (which write only
 -- tables the caller may write).
 --

@@ -65,7 +65,7 @@ struct Slot {
     bytes: u64,
     /// TimestampTz.
     last_used: i64,
-    hits: u64,
+    calls: u64,
     /// Another backend asked this one to give its models back (`pg_vision_release_models`).
     release: bool,
 }
@@ -92,7 +92,7 @@ unsafe impl PGRXSharedMemory for Table {}
 
 impl Table {
     const EMPTY: Table = Table {
-        slots: [Slot { pid: 0, tower: 0, name: Name::EMPTY, bytes: 0, last_used: 0, hits: 0, release: false }; SLOTS],
+        slots: [Slot { pid: 0, tower: 0, name: Name::EMPTY, bytes: 0, last_used: 0, calls: 0, release: false }; SLOTS],
         memos: [Memo { tower: 0, name: Name::EMPTY, file_bytes: 0, measured: 0 }; MEMOS],
         next_memo: 0,
         evictions: 0,
@@ -231,7 +231,7 @@ pub fn reserve(name: &str, tower: Tower, bytes: u64, budget: u64, limit: Option<
         };
         t.check_growth(bytes, budget, limit)?;
         t.slots[i] =
-            Slot { pid, tower: tower as u8, name: Name::new(name), bytes, last_used: now(), hits: 0, release: false };
+            Slot { pid, tower: tower as u8, name: Name::new(name), bytes, last_used: now(), calls: 0, release: false };
         Ok(i)
     })
 }
@@ -259,7 +259,7 @@ pub fn touch(slot: usize) {
         let s = &mut t.slots[slot];
         if s.pid == pid {
             s.last_used = ts;
-            s.hits += 1;
+            s.calls += 1;
         }
     })
 }
@@ -347,7 +347,7 @@ pub struct Row {
     pub tower: &'static str,
     pub bytes: u64,
     pub last_used: i64,
-    pub hits: u64,
+    pub calls: u64,
 }
 
 /// Every row: the whole cluster's (shared) or this backend's.
@@ -372,7 +372,7 @@ fn collect(t: &Table) -> Vec<Row> {
             tower: Tower::from_u8(s.tower).map_or("", Tower::as_str),
             bytes: s.bytes,
             last_used: s.last_used,
-            hits: s.hits,
+            calls: s.calls,
         })
         .collect()
 }

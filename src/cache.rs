@@ -16,13 +16,13 @@ use std::thread::LocalKey;
 use std::time::Duration;
 
 use pg_vision_core::image_model::ImageModel;
-use pg_vision_core::manifest::{Manifest, Tower};
+use pg_vision_core::manifest::{Manifest, Origin, Tower};
 use pg_vision_core::session::SessionOptions;
 use pg_vision_core::text_model::TextModel;
 use pg_vision_core::{heap, runtime, Error, Kind, Result};
 
 use crate::budget::{self, Shortfall};
-use crate::{guc, idle};
+use crate::{guc, idle, memo};
 
 /// A tower the cache holds: image or text, loaded the same way.
 pub trait Cached: Sized {
@@ -30,6 +30,8 @@ pub trait Cached: Sized {
     fn from_manifest(dir: &Path, manifest: Manifest, opts: &SessionOptions) -> Result<Self>;
     fn file_bytes(&self) -> u64;
     fn load_time(&self) -> Duration;
+    fn origin(&self) -> &Origin;
+    fn intra_threads(&self) -> usize;
 }
 
 impl Cached for ImageModel {
@@ -42,6 +44,12 @@ impl Cached for ImageModel {
     }
     fn load_time(&self) -> Duration {
         self.load_time
+    }
+    fn origin(&self) -> &Origin {
+        &self.origin
+    }
+    fn intra_threads(&self) -> usize {
+        self.intra_threads
     }
 }
 
@@ -56,13 +64,23 @@ impl Cached for TextModel {
     fn load_time(&self) -> Duration {
         self.load_time
     }
+    fn origin(&self) -> &Origin {
+        &self.origin
+    }
+    fn intra_threads(&self) -> usize {
+        self.intra_threads
+    }
 }
 
 struct Entry<M> {
     model: M,
     /// The model directory it was loaded from: a changed `pg_vision.model_dir` reloads it.
     dir: PathBuf,
-    hits: u64,
+    /// What this tower is, for memo keys: model, tower, directory, the identity of its
+    /// files (`Origin`) and its session's threads.
+    identity: String,
+    /// Calls that ran the model (a batch counts once; memo hits do not run it).
+    calls: u64,
     /// Measured heap bytes held (`heap::measure` around the load).
     bytes: u64,
     /// Its row in the budget table.
@@ -209,6 +227,7 @@ fn evict_lru() -> bool {
 /// Drops a model and releases its budget row; returns the bytes it held.
 fn remove<M>(map: &'static LocalKey<Map<M>>, name: &str) -> Option<u64> {
     let entry = map.with(|m| m.borrow_mut().remove(name))?;
+    memo::forget(name);
     budget::release(entry.slot);
     let bytes = entry.bytes;
     drop(entry);
@@ -235,7 +254,14 @@ fn load<M: Cached>(dir: &Path, manifest: Manifest) -> Result<Entry<M>> {
     let model = model?;
     budget::remember(name, M::TOWER, file_bytes, bytes);
     reserve_evicting_lru(name, M::TOWER, bytes, |b, limit| budget::resize(reservation.slot(), bytes, b, limit))?;
-    Ok(Entry { model, dir: dir.to_path_buf(), hits: 0, bytes, slot: reservation.keep(), last_used: tick() })
+    let identity = format!(
+        "{name}|{}|{}|{:?}|threads={}",
+        M::TOWER.as_str(),
+        dir.display(),
+        model.origin(),
+        model.intra_threads()
+    );
+    Ok(Entry { model, dir: dir.to_path_buf(), identity, calls: 0, bytes, slot: reservation.keep(), last_used: tick() })
 }
 
 /// Makes sure the model's tower is loaded, reading its manifest (unless the caller has
@@ -247,7 +273,9 @@ fn ensure<M: Cached>(
     read: Option<&Manifest>,
 ) -> Result<(u64, Duration, bool)> {
     let dir = guc::model_dir();
-    if map.with(|m| m.borrow().get(name).is_some_and(|e| e.dir != dir)) {
+    // A changed model directory, or new files under the same name (weights or manifest
+    // replaced, rewritten or touched: two stat calls), load the model again.
+    if map.with(|m| m.borrow().get(name).is_some_and(|e| e.dir != dir || !e.model.origin().unchanged())) {
         remove(map, name);
     }
     if let Some(loaded) = map.with(|m| m.borrow().get(name).map(|e| (e.bytes, e.model.load_time(), false))) {
@@ -268,12 +296,25 @@ fn with<M: Cached, T>(map: &'static LocalKey<Map<M>>, name: &str, f: impl FnOnce
     map.with(|models| {
         let mut models = models.borrow_mut();
         let entry = models.get_mut(name).expect("loaded above");
-        entry.hits += 1;
+        entry.calls += 1;
         entry.last_used = tick();
         budget::touch(entry.slot);
         idle::used();
         f(&mut entry.model)
     })
+}
+
+/// The identity of the named model's tower as loaded now (loading it first if needed),
+/// for memo keys: it changes whenever the loaded files would.
+pub fn identity(tower: Tower, name: &str) -> Result<String> {
+    fn of<M: Cached>(map: &'static LocalKey<Map<M>>, name: &str) -> Result<String> {
+        ensure(map, name, None)?;
+        Ok(map.with(|m| m.borrow()[name].identity.clone()))
+    }
+    match tower {
+        Tower::Image => of(&IMAGE, name),
+        Tower::Text => of(&TEXT, name),
+    }
 }
 
 /// Runs `f` with the named image model, loading it first if this backend has not.
@@ -330,7 +371,7 @@ pub struct Loaded {
     pub file_bytes: u64,
     pub bytes: u64,
     pub load_ms: f64,
-    pub hits: u64,
+    pub calls: u64,
 }
 
 fn list<M: Cached>(map: &'static LocalKey<Map<M>>, out: &mut Vec<Loaded>) {
@@ -341,7 +382,7 @@ fn list<M: Cached>(map: &'static LocalKey<Map<M>>, out: &mut Vec<Loaded>) {
             file_bytes: e.model.file_bytes(),
             bytes: e.bytes,
             load_ms: e.model.load_time().as_secs_f64() * 1e3,
-            hits: e.hits,
+            calls: e.calls,
         }))
     })
 }

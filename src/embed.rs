@@ -16,26 +16,34 @@ use pg_vision_core::manifest::{Manifest, Output, Tower};
 use crate::cache;
 use crate::guc;
 use crate::interrupt;
+use crate::memo;
 use crate::sql_errors::{in_sql_terms, OrRaise};
 use crate::vector::{self, Vector};
 
-/// Embeds an image with the named model.
-#[pg_extern(immutable, strict, parallel_safe)]
+/// Embeds an image with the named model. The same image again (same model files and
+/// settings) comes from this backend's memo (`memo.rs`) without running the model.
+#[pg_extern(immutable, strict, parallel_safe, cost = 250000)]
 fn embed_image(model: &str, image: &[u8]) -> Vector {
-    let (v, _) =
+    let v = memo::remembered(Tower::Image, model, image, || {
         cache::with_model(model, |m| interrupt::run(|opts| embed::embed_image(m, image, opts, Output::Embedding)))
-            .or_raise();
+            .map(|(v, _)| v)
+    })
+    .or_raise();
     Vector::checked(v).or_raise()
 }
 
 /// Embeds text with a CLIP-style model's text tower, into the same space as its images.
 /// Text longer than the model's context (77 tokens for CLIP) is truncated: the first 75
 /// tokens are kept (`pg_vision_core::tokenize::tokenize`). Text over 1 MiB is refused (54000).
-#[pg_extern(immutable, strict, parallel_safe)]
+#[pg_extern(immutable, strict, parallel_safe, cost = 100000)]
 fn embed_text(model: &str, input: &str) -> Vector {
-    let mut v =
-        cache::with_text_model(model, |m| interrupt::run(|opts| m.embed_text_checked(&[input], opts.stop))).or_raise();
-    Vector::checked(v.pop().expect("one vector per text")).or_raise()
+    let v = memo::remembered(Tower::Text, model, input.as_bytes(), || {
+        let mut v =
+            cache::with_text_model(model, |m| interrupt::run(|opts| m.embed_text_checked(&[input], opts.stop)))?;
+        Ok(v.pop().expect("one vector per text"))
+    })
+    .or_raise();
+    Vector::checked(v).or_raise()
 }
 
 /// Embeds many images in one call, for backfills: decoded in parallel on the cores the
@@ -46,7 +54,7 @@ fn embed_text(model: &str, input: &str) -> Vector {
 ///
 /// The default batch is small because on CPU a bigger batch does not make the model
 /// faster per image; it only multiplies the activations held in memory.
-#[pg_extern(immutable, parallel_safe)]
+#[pg_extern(immutable, parallel_safe, cost = 1000000)]
 fn embed_images(
     model: Option<&str>,
     images: Option<Array<&[u8]>>,
@@ -71,7 +79,7 @@ fn embed_images(
 
 /// Another output of the model than its embedding, as an array (e.g. EfficientNet's
 /// ImageNet `logits`).
-#[pg_extern(immutable, strict, parallel_safe)]
+#[pg_extern(immutable, strict, parallel_safe, cost = 250000)]
 fn embed_image_output(model: &str, image: &[u8], output: &str) -> Vec<f32> {
     let output = Output::named(output);
     cache::with_model(model, |m| {
@@ -83,7 +91,7 @@ fn embed_image_output(model: &str, image: &[u8], output: &str) -> Vec<f32> {
 }
 
 /// Where the time of one embedding goes, in milliseconds (for benchmarks).
-#[pg_extern(volatile, strict, parallel_safe)]
+#[pg_extern(volatile, strict, parallel_safe, cost = 250000)]
 fn pg_vision_profile(
     model: &str,
     image: &[u8],
@@ -174,12 +182,12 @@ fn pg_vision_loaded_models() -> TableIterator<
         name!(file_bytes, i64),
         name!(bytes, i64),
         name!(load_ms, f64),
-        name!(hits, i64),
+        name!(calls, i64),
     ),
 > {
     TableIterator::new(
         cache::loaded().into_iter().map(|l| {
-            (l.name, l.tower.as_str().to_owned(), l.file_bytes as i64, l.bytes as i64, l.load_ms, l.hits as i64)
+            (l.name, l.tower.as_str().to_owned(), l.file_bytes as i64, l.bytes as i64, l.load_ms, l.calls as i64)
         }),
     )
 }
@@ -194,17 +202,17 @@ fn pg_vision_unload(model: default!(Option<&str>, "NULL")) -> i32 {
 extension_sql!(
     r#"
 CREATE FUNCTION embed_efficientnet(image bytea) RETURNS vector(1280)
-    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE sql
+    IMMUTABLE STRICT PARALLEL SAFE COST 250000 LANGUAGE sql
     RETURN embed_image('efficientnet', image)::vector(1280);
 COMMENT ON FUNCTION embed_efficientnet(bytea) IS 'EfficientNet-Lite0 (ImageNet) 1280-d image embedding';
 
 CREATE FUNCTION embed_fclip(image bytea) RETURNS vector(512)
-    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE sql
+    IMMUTABLE STRICT PARALLEL SAFE COST 250000 LANGUAGE sql
     RETURN embed_image('fclip', image)::vector(512);
 COMMENT ON FUNCTION embed_fclip(bytea) IS 'Fashion-CLIP (ViT-B/32) 512-d image embedding, L2-normalised';
 
 CREATE FUNCTION embed_fclip_text(input text) RETURNS vector(512)
-    IMMUTABLE STRICT PARALLEL SAFE LANGUAGE sql
+    IMMUTABLE STRICT PARALLEL SAFE COST 100000 LANGUAGE sql
     RETURN embed_text('fclip', input)::vector(512);
 COMMENT ON FUNCTION embed_fclip_text(text) IS 'Fashion-CLIP 512-d text embedding, L2-normalised, comparable with embed_fclip';
 "#,

@@ -28,6 +28,10 @@ pub static BACKEND_MEMORY_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// In ms; 0: never. Models are given back after this long without a use, so idle sessions
 /// do not keep the budget from the sessions that work.
 pub static MODEL_IDLE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(5 * 60 * 1000);
+/// Entries in each backend's memo of recent embeddings (0: off).
+pub static MEMO_ENTRIES: GucSetting<i32> = GucSetting::<i32>::new(128);
+/// Bytes, in kB, that each backend's memo may hold.
+pub static MEMO_MEMORY: GucSetting<i32> = GucSetting::<i32>::new(2048);
 
 pub fn register() {
     GucRegistry::define_string_guc(
@@ -142,6 +146,26 @@ pub fn register() {
         GucContext::Suset,
         GucFlags::UNIT_MS,
     );
+    GucRegistry::define_int_guc(
+        c"pg_vision.memo_entries",
+        c"Recent embeddings each backend remembers, so a query that evaluates the same call again does not run the model again (0: off).",
+        c"Keyed by the SHA-256 of the input with the model's files and settings; see pg_vision_memo().",
+        &MEMO_ENTRIES,
+        0,
+        100_000,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_vision.memo_memory",
+        c"Memory that each backend's memo of recent embeddings may hold.",
+        c"Superuser-set: it is per connection and outside pg_vision.memory_budget.",
+        &MEMO_MEMORY,
+        0,
+        1024 * 1024,
+        GucContext::Suset,
+        GucFlags::UNIT_KB,
+    );
     GucRegistry::define_string_guc(
         c"pg_vision.preload_models",
         c"Comma-separated models loaded when a session starts (every tower each declares).",
@@ -185,6 +209,14 @@ pub fn onnxruntime_library() -> PathBuf {
 
 pub fn model_dir() -> PathBuf {
     expand(&setting(&MODEL_DIR))
+}
+
+/// The memo's bounds (`pg_vision.memo_entries`, `pg_vision.memo_memory`).
+pub fn memo_limits() -> pg_vision_core::memo::Limits {
+    pg_vision_core::memo::Limits {
+        entries: MEMO_ENTRIES.get().max(0) as usize,
+        bytes: MEMO_MEMORY.get().max(0) as usize * 1024,
+    }
 }
 
 /// `pg_vision.intra_op_threads` as set (0: one per core); the core bounds it by the cores

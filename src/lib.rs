@@ -6,6 +6,7 @@
 //! - `vector.rs`: pgvector `vector` datums
 //! - `sql_errors.rs`: core errors to SQLSTATEs, their facts to SQL wording (settings, functions)
 //! - `cache.rs`: the per-backend model cache, loading within the memory budget
+//! - `memo.rs`: the per-backend memo of recent embeddings, pg_vision_memo
 //! - `idle.rs`: giving models back after `pg_vision.model_idle_timeout`, or when asked
 //! - `budget.rs`: the memory budget's table (shared memory, or per backend)
 //! - `memory_views.rs`: pg_vision_memory and pg_vision_memory_summary
@@ -24,6 +25,7 @@ mod guc;
 mod idle;
 mod images;
 mod interrupt;
+mod memo;
 mod memory_views;
 mod sql_errors;
 mod vector;

@@ -16,7 +16,7 @@ fn pg_vision_memory() -> TableIterator<
         name!(tower, String),
         name!(bytes, i64),
         name!(last_used, Option<TimestampWithTimeZone>),
-        name!(hits, i64),
+        name!(calls, i64),
     ),
 > {
     TableIterator::new(budget::rows().into_iter().map(|r| {
@@ -26,7 +26,7 @@ fn pg_vision_memory() -> TableIterator<
             r.tower.to_owned(),
             r.bytes as i64,
             TimestampWithTimeZone::try_from(r.last_used).ok(),
-            r.hits as i64,
+            r.calls as i64,
         )
     }))
 }

@@ -9,7 +9,7 @@ use ort::session::Session;
 use ort::value::TensorRef;
 
 use crate::error::{never, Error, Kind, Result};
-use crate::manifest::{Layout, Manifest, Output, Tower};
+use crate::manifest::{Layout, Manifest, Origin, Output, Tower};
 use crate::output::{self, Item, Rows};
 use crate::session::{self, Arena, SessionOptions};
 
@@ -22,6 +22,8 @@ pub struct ImageModel {
     pub load_time: Duration,
     /// The session's intra-op threads (`SessionOptions::intra_threads`).
     pub intra_threads: usize,
+    /// The manifest and ONNX files it was built from.
+    pub origin: Origin,
 }
 
 /// How `ImageModel::run` runs.
@@ -54,17 +56,19 @@ impl ImageModel {
         let start = Instant::now();
         let name = &manifest.name;
         let onnx = manifest.onnx_path(dir, Tower::Image)?;
-        let file_bytes = session::file_bytes(&onnx, |e| {
+        let onnx_source = session::source(&onnx, |e| {
             Error::new(Kind::FileMissing, format!("model \"{name}\": weights file {} is missing ({e})", onnx.display()))
                 .with_hint(format!("create it with: {}", manifest.fetch_hint))
         })?;
         let session = session::build(&onnx, opts, &format!("model \"{name}\": cannot load {}", onnx.display()))?;
+        let origin = Origin { manifest: manifest.source.clone(), onnx: onnx_source };
         let model = ImageModel {
             manifest,
             session,
-            file_bytes,
+            file_bytes: origin.onnx.id.len,
             load_time: Duration::ZERO,
             intra_threads: opts.intra_threads(),
+            origin,
         };
         model.check_signature()?;
         Ok(ImageModel { load_time: start.elapsed(), ..model })

@@ -4,7 +4,8 @@
 //!
 //! Modules, lowest first (each uses only modules above it):
 //! - `error.rs`: the one error type, its kinds, limits and facts; stop requests
-//! - `manifest.rs`: model manifests (image tower, optional text tower), `Tower`, `MAX_DIM`
+//! - `manifest.rs`: model manifests (image tower, optional text tower), `Tower`, `MAX_DIM`;
+//!   `Origin`, the identity of the files a tower was loaded from
 //! - `runtime.rs`: the process's ONNX Runtime environment, cores, signal blocking
 //! - `heap.rs`: heap bytes in use, to measure what a loaded model holds
 //! - `jpeg.rs`: JPEG through libjpeg-turbo, at a reduced DCT scale when allowed
@@ -13,6 +14,7 @@
 //! - `session.rs`: ONNX Runtime sessions: options, building, stoppable runs
 //! - `output.rs`: output tensors to checked, normalised vectors; `check_vector`
 //! - `tokenize.rs`: CLIP's text clean-up and BPE tokeniser (no ONNX Runtime)
+//! - `memo.rs`: a bounded memo of recent embeddings, keyed by SHA-256
 //! - `image_model.rs`: a loaded image tower (`ImageModel`)
 //! - `text_model.rs`: a loaded text tower (`TextModel`)
 //! - `embed.rs`: image bytes to vectors, one image or many in overlapped batches
@@ -27,6 +29,7 @@ pub mod heap;
 pub mod image_model;
 pub mod jpeg;
 pub mod manifest;
+pub mod memo;
 pub mod output;
 pub mod preprocess;
 pub mod runtime;

@@ -129,6 +129,71 @@ pub struct Manifest {
     /// The text tower of a CLIP-style model; absent for image-only models.
     #[serde(default)]
     pub text: Option<TextManifest>,
+    /// The file it was read from, when read by `Manifest::load`.
+    #[serde(skip)]
+    pub source: Option<Source>,
+}
+
+/// What identifies a file's contents without reading it: device, inode, size, and the
+/// modification and status-change times. Replacing a file (a new inode), rewriting it in
+/// place or touching it all change it; the status-change time cannot be set back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+    pub len: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+impl FileId {
+    pub fn of(path: &Path) -> std::io::Result<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path)?;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Ok(FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
+/// A model file and its identity when it was read. Taken before reading: a file replaced
+/// between the two then looks changed at the next check, never the other way round.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Source {
+    pub path: PathBuf,
+    pub id: FileId,
+}
+
+impl Source {
+    pub fn of(path: PathBuf) -> std::io::Result<Source> {
+        let id = FileId::of(&path)?;
+        Ok(Source { path, id })
+    }
+
+    /// Whether the file at `path` is still the one read (a missing file is not).
+    pub fn unchanged(&self) -> bool {
+        FileId::of(&self.path).is_ok_and(|id| id == self.id)
+    }
+}
+
+/// The files a loaded tower was built from: its manifest (when read from a file) and its
+/// ONNX file. A backend checks them before each use, so new weights or a new recipe under
+/// the same model name take effect at its next call, not at its next connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Origin {
+    pub manifest: Option<Source>,
+    pub onnx: Source,
+}
+
+impl Origin {
+    pub fn unchanged(&self) -> bool {
+        self.manifest.as_ref().is_none_or(Source::unchanged) && self.onnx.unchanged()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -232,15 +297,18 @@ impl Manifest {
     pub fn load(dir: &Path, name: &str) -> Result<Manifest> {
         check_model_name(name)?;
         let path = dir.join(format!("{name}.json"));
-        let json = std::fs::read_to_string(&path).map_err(|e| {
+        let unreadable = |e: std::io::Error| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 Error::new(Kind::UnknownModel, format!("unknown model \"{name}\": no manifest {}", path.display()))
                     .with_fact(Fact::UnknownModel)
             } else {
                 Error::new(Kind::FileMissing, format!("cannot read model manifest {}: {e}", path.display()))
             }
-        })?;
-        let m = Manifest::parse(&json, &path)?;
+        };
+        let source = Source::of(path.clone()).map_err(unreadable)?;
+        let json = std::fs::read_to_string(&path).map_err(unreadable)?;
+        let mut m = Manifest::parse(&json, &path)?;
+        m.source = Some(source);
         if m.name != name {
             return Err(Error::new(
                 Kind::BadModel,
@@ -375,6 +443,29 @@ mod tests {
 
     fn repo_models() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../models")
+    }
+
+    #[test]
+    fn a_source_notices_a_rewritten_replaced_or_removed_file() {
+        let dir = std::env::temp_dir().join(format!("pgv-source-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.onnx");
+        std::fs::write(&path, b"weights").unwrap();
+        let read = Source::of(path.clone()).unwrap();
+        assert!(read.unchanged());
+        // Same bytes written again in place: the change time moves.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        std::fs::write(&path, b"weights").unwrap();
+        assert!(!read.unchanged());
+        // Replaced by a rename (a new inode), as deployments do.
+        let read = Source::of(path.clone()).unwrap();
+        std::fs::write(dir.join("new"), b"weights").unwrap();
+        std::fs::rename(dir.join("new"), &path).unwrap();
+        assert!(!read.unchanged());
+        let read = Source::of(path.clone()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(!read.unchanged());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

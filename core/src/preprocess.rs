@@ -193,6 +193,7 @@ mod tests {
             l2_normalize: false,
             extra_outputs: BTreeMap::new(),
             text: None,
+            source: None,
         }
     }
 

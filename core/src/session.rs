@@ -9,6 +9,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{RunOptions, Session};
 
 use crate::error::{Error, Kind, Result};
+use crate::manifest::Source;
 use crate::runtime;
 
 /// How sessions are built.
@@ -38,9 +39,10 @@ pub(crate) fn ort_err(kind: Kind, context: &str) -> impl Fn(ort::Error) -> Error
     move |e| Error::new(kind, format!("{context}: {e}"))
 }
 
-/// The size of an ONNX file, or `missing` made from the I/O error.
-pub(crate) fn file_bytes(onnx: &Path, missing: impl FnOnce(std::io::Error) -> Error) -> Result<u64> {
-    std::fs::metadata(onnx).map(|md| md.len()).map_err(missing)
+/// The identity of an ONNX file, taken before it is read, or `missing` made from the I/O
+/// error.
+pub(crate) fn source(onnx: &Path, missing: impl FnOnce(std::io::Error) -> Error) -> Result<Source> {
+    Source::of(onnx.to_path_buf()).map_err(missing)
 }
 
 /// A session for one ONNX file, with pg_vision's options: full graph optimisation (lower

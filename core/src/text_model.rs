@@ -12,7 +12,7 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::{TensorElementType, TensorRef};
 
 use crate::error::{check_stop, never, Error, Kind, Result};
-use crate::manifest::{Manifest, TextManifest, Tower};
+use crate::manifest::{Manifest, Origin, TextManifest, Tower};
 use crate::output::{self, Item, Rows};
 use crate::session::{self, Arena, SessionOptions};
 use crate::tokenize::tokenize_checked;
@@ -27,6 +27,10 @@ pub struct TextModel {
     pub file_bytes: u64,
     /// Wall time of `load`.
     pub load_time: Duration,
+    /// The session's intra-op threads (`SessionOptions::intra_threads`).
+    pub intra_threads: usize,
+    /// The manifest and ONNX files it was built from.
+    pub origin: Origin,
 }
 
 impl TextModel {
@@ -41,9 +45,9 @@ impl TextModel {
     pub fn from_manifest(dir: &Path, manifest: Manifest, opts: &SessionOptions) -> Result<TextModel> {
         let start = Instant::now();
         let onnx = manifest.onnx_path(dir, Tower::Text)?;
-        let Manifest { name, fetch_hint, text, .. } = manifest;
+        let Manifest { name, fetch_hint, text, source, .. } = manifest;
         let text = text.expect("onnx_path checked the text section");
-        let file_bytes = session::file_bytes(&onnx, |e| {
+        let onnx_source = session::source(&onnx, |e| {
             Error::new(
                 Kind::FileMissing,
                 format!("model \"{name}\": text weights file {} is missing ({e})", onnx.display()),
@@ -52,7 +56,10 @@ impl TextModel {
         })?;
         let context = format!("model \"{name}\": cannot load the text tower {}", onnx.display());
         let session = session::build(&onnx, opts, &context)?;
-        let model = TextModel { name, manifest: text, session, file_bytes, load_time: Duration::ZERO };
+        let origin = Origin { manifest: source, onnx: onnx_source };
+        let (file_bytes, intra_threads) = (origin.onnx.id.len, opts.intra_threads());
+        let model =
+            TextModel { name, manifest: text, session, file_bytes, load_time: Duration::ZERO, intra_threads, origin };
         model.check_signature()?;
         Ok(TextModel { load_time: start.elapsed(), ..model })
     }

@@ -79,8 +79,8 @@ SELECT id, vector_dims(emb) FROM product_image ORDER BY id;
 SELECT p.id FROM product_image p, photo q WHERE q.name = 'coffee' AND p.emb IS NOT NULL
  ORDER BY p.emb <=> embed_efficientnet(q.img) LIMIT 1;
 
--- the cache: loaded models, hits, unload
-SELECT name, hits > 0 AS used, file_bytes > 1000000 AS has_weights FROM pg_vision_loaded_models() ORDER BY name;
+-- the cache: loaded models, calls, unload
+SELECT name, calls > 0 AS used, file_bytes > 1000000 AS has_weights FROM pg_vision_loaded_models() ORDER BY name;
 SELECT pg_vision_unload('efficientnet_lite2') AS unloaded, pg_vision_unload('never_loaded') AS none;
 SELECT name FROM pg_vision_loaded_models() ORDER BY name;
 SELECT pg_vision_unload() AS all_unloaded;

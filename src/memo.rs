@@ -1,0 +1,96 @@
+//! This backend's memo of recent embeddings (`pg_vision_core::memo`): `embed_image` and
+//! `embed_text` look their input up before running a model, so a generic plan that
+//! evaluates the call once per row, or a query that writes it twice, embeds once.
+//!
+//! The key covers everything that changes the result: the model's tower as loaded (its
+//! directory, the identity of its manifest and ONNX files, its threads: `cache::identity`,
+//! which reloads a model whose files changed) and, for images, the decoding settings. A
+//! changed model or setting therefore never finds an old entry. Bounded by
+//! `pg_vision.memo_entries` and `pg_vision.memo_memory`; `pg_vision_memo()` shows it.
+
+use std::cell::RefCell;
+
+use pg_vision_core::manifest::Tower;
+use pg_vision_core::memo::{self, Memo};
+use pg_vision_core::Result;
+use pgrx::prelude::*;
+
+use crate::{cache, guc};
+
+thread_local! {
+    static MEMO: RefCell<Memo> = RefCell::new(Memo::default());
+}
+
+/// The settings that change what an image embeds to (or whether it embeds at all).
+fn image_settings() -> String {
+    let o = guc::decode_options();
+    format!(
+        "max_pixels={} max_bytes={} dct_scaling={} accept_damaged={}",
+        o.max_pixels, o.max_bytes, o.jpeg_dct_scaling, o.accept_damaged
+    )
+}
+
+/// The vector `compute` gives for `input` with the named model's `tower`: from the memo
+/// when this backend computed it recently under the same model files and settings, else
+/// computed and remembered. Errors are not remembered.
+pub fn remembered(
+    tower: Tower,
+    model: &str,
+    input: &[u8],
+    compute: impl FnOnce() -> Result<Vec<f32>>,
+) -> Result<Vec<f32>> {
+    let limits = guc::memo_limits();
+    if limits.entries == 0 {
+        MEMO.with(|m| m.borrow_mut().clear());
+        return compute();
+    }
+    let settings = match tower {
+        Tower::Image => image_settings(),
+        Tower::Text => String::new(),
+    };
+    let key = memo::key(&format!("{}|{settings}", cache::identity(tower, model)?), input);
+    if let Some(v) = MEMO.with(|m| m.borrow_mut().get(&key, limits)) {
+        return Ok(v);
+    }
+    let v = compute()?;
+    MEMO.with(|m| m.borrow_mut().put(model, key, v.clone(), limits));
+    Ok(v)
+}
+
+/// Drops a model's entries (when it is unloaded).
+pub fn forget(model: &str) {
+    // try_borrow: also called when models are dropped at transaction end.
+    MEMO.with(|m| {
+        if let Ok(mut m) = m.try_borrow_mut() {
+            m.forget(model)
+        }
+    })
+}
+
+/// This connection's memo: entries and bytes held, their bounds, hits and misses since
+/// the connection started, and entries evicted to stay within the bounds.
+#[pg_extern(volatile, parallel_safe)]
+fn pg_vision_memo() -> TableIterator<
+    'static,
+    (
+        name!(entries, i64),
+        name!(bytes, i64),
+        name!(max_entries, i64),
+        name!(max_bytes, i64),
+        name!(hits, i64),
+        name!(misses, i64),
+        name!(evictions, i64),
+    ),
+> {
+    let s = MEMO.with(|m| m.borrow().stats());
+    let l = guc::memo_limits();
+    TableIterator::once((
+        s.entries as i64,
+        s.bytes as i64,
+        l.entries as i64,
+        l.bytes as i64,
+        s.hits as i64,
+        s.misses as i64,
+        s.evictions as i64,
+    ))
+}
