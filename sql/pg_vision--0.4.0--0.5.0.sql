@@ -4,6 +4,7 @@
 CREATE FUNCTION "pg_vision_memo"() RETURNS TABLE (
 	"entries" bigint,
 	"bytes" bigint,
+	"last_input_bytes" bigint,
 	"max_entries" bigint,
 	"max_bytes" bigint,
 	"hits" bigint,

@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 
 use pg_vision_core::manifest::Tower;
-use pg_vision_core::memo::{self, Memo};
+use pg_vision_core::memo::Memo;
 use pg_vision_core::Result;
 use pgrx::prelude::*;
 
@@ -48,7 +48,8 @@ pub fn remembered(
         Tower::Image => image_settings(),
         Tower::Text => String::new(),
     };
-    let key = memo::key(&format!("{}|{settings}", cache::identity(tower, model)?), input);
+    let context = format!("{}|{settings}", cache::identity(tower, model)?);
+    let key = MEMO.with(|m| m.borrow_mut().key(&context, input, limits));
     if let Some(v) = MEMO.with(|m| m.borrow_mut().get(&key, limits)) {
         return Ok(v);
     }
@@ -67,14 +68,16 @@ pub fn forget(model: &str) {
     })
 }
 
-/// This connection's memo: entries and bytes held, their bounds, hits and misses since
-/// the connection started, and entries evicted to stay within the bounds.
+/// This connection's memo: entries and the bytes they hold, the copy of the last input
+/// (see `pg_vision_core::memo`), the bounds, hits and misses since the connection
+/// started, and entries evicted to stay within the bounds.
 #[pg_extern(volatile, parallel_safe)]
 fn pg_vision_memo() -> TableIterator<
     'static,
     (
         name!(entries, i64),
         name!(bytes, i64),
+        name!(last_input_bytes, i64),
         name!(max_entries, i64),
         name!(max_bytes, i64),
         name!(hits, i64),
@@ -87,6 +90,7 @@ fn pg_vision_memo() -> TableIterator<
     TableIterator::once((
         s.entries as i64,
         s.bytes as i64,
+        s.last_input_bytes as i64,
         l.entries as i64,
         l.bytes as i64,
         s.hits as i64,
