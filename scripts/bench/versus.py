@@ -1,0 +1,539 @@
+#!/usr/bin/env python3
+"""pg_vision side by side with the Python service it replaced (scripts/bench/service.py:
+FastAPI + uvicorn, Pillow, onnxruntime, pgvector), in one run: the same upload, the same
+catalogue table, the same ONNX file, the same intra-op threads.
+
+Setup: database pg_vision_versus (created if missing, as the superuser: the repo has no
+benchmark role), table versus_items (id, embedding vector(1280) stored PLAIN) of --rows
+rows and an HNSW index (vector_cosine_ops), rebuilt each run. Its vectors are pg_vision's
+embeddings of the real photographs (photos.names("photo")), each row one of them plus
+Gaussian noise (NOISE times the photo's mean feature, clipped at 0 like the model's
+features): clusters of realistic vectors. The upload is photos.jpeg_1000() (1000x1000
+JPEG, quality 90), the same bytes for both sides.
+
+Everything goes over TCP on 127.0.0.1, the service's own connections to PostgreSQL too.
+pg_vision gets pg_vision.intra_op_threads = --threads; the service runs --workers uvicorn
+workers (default one per core), each with an onnxruntime session of --threads threads.
+
+1. latency: one persistent connection each (psycopg with SEARCH_SQL prepared and the
+   image as a binary bytea parameter; http.client with keep-alive posting the multipart
+   form), WARMUP_CALLS each, then --iterations searches each, interleaved (which side goes
+   first alternates); p50/p95/p99/mean of the client's wall time with the result parsed,
+   and the ratio service p50 / pg_vision p50. Both sides' last top 10 are compared.
+2. throughput: --clients client processes per side, pg_vision then the service, each
+   searching in a loop for --seconds; completed searches per second and the ratio
+   pg_vision / service, the machine's CPU busy and steal (/proc/stat), the serving
+   processes' CPU (pg_vision: the clients' backends; the service: uvicorn's processes and
+   their backends) per search and per second (the cores each side got: on a machine doing
+   other work too, searches/s follow it), and the clients' own share of the CPU.
+With --profile, where the time goes, on the latency run's searches: the service's
+Server-Timing header (decode, preprocess, inference, query) and pg_vision_profile()
+(decode, preprocess, inference; one more, untimed, embedding per iteration).
+
+Usage: scripts/bench/versus.py [--rows 2000] [--iterations 200] [--clients 8] [--seconds 20]
+           [--threads 2] [--workers N] [--profile] [--json FILE]
+"""
+
+import argparse
+import contextlib
+import http.client
+import importlib.metadata
+import json
+import multiprocessing
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/, for photos.py
+import photos  # noqa: E402
+
+DATABASE = "pg_vision_versus"
+TABLE = "versus_items"
+MODEL = "efficientnet"
+# pg_vision's search, the README's storefront query ("Search by upload") without the product
+# join: the MATERIALIZED CTE embeds the upload once whatever plan the prepared statement
+# gets. The LATERAL form, `FROM versus_items, LATERAL (SELECT embed_efficientnet($1) AS q) s
+# ORDER BY embedding <=> q`, is pulled up into the query: it embeds twice under a custom plan
+# (ORDER BY and select list folded separately) and 21 times under the generic plan a prepared
+# statement switches to after 5 executions (the select list's copy once per row).
+SEARCH_SQL = f"""
+WITH q AS MATERIALIZED (SELECT embed_{MODEL}(%b) AS v)
+SELECT id, 1 - (embedding <=> (SELECT v FROM q)) AS similarity
+  FROM {TABLE}
+ ORDER BY embedding <=> (SELECT v FROM q)
+ LIMIT 10"""
+WARMUP_CALLS = 10
+NOISE = 0.5
+PG_APP = "pgv-versus"  # application_name of pg_vision's client connections
+SERVICE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "service.py")
+SERVICE_APP = "pgv-service"  # application_name service.py gives its connections
+STARTUP_TIMEOUT_S = 180
+BARRIER_TIMEOUT_S = 300
+
+
+# --- the database ---------------------------------------------------------------------------
+
+def dsn(port, dbname=DATABASE):
+    return f"host=127.0.0.1 port={port} user=postgres dbname={dbname}"
+
+
+def prepare_database():
+    """Creates DATABASE with pg_vision (and pgvector) if missing."""
+    with photos.connect() as c:
+        if not c.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE]).fetchone():
+            c.execute(f"CREATE DATABASE {DATABASE}")
+    with photos.connect(dbname=DATABASE) as c:
+        c.execute("SET client_min_messages = warning")
+        c.execute("CREATE EXTENSION IF NOT EXISTS pg_vision CASCADE")
+
+
+def model_dir(conn):
+    """pg_vision.model_dir with $sharedir expanded: where pg_vision loads its models from."""
+    (setting,) = conn.execute("SHOW pg_vision.model_dir").fetchone()
+    (sharedir,) = conn.execute("SELECT setting FROM pg_config WHERE name = 'SHAREDIR'").fetchone()
+    return setting.replace("$sharedir", sharedir)
+
+
+def catalogue_vectors(conn, rows, seed=11):
+    """rows x dim float32: pg_vision embeddings of the real photos, repeated with noise."""
+    bases = np.array([conn.execute(f"SELECT embed_{MODEL}(%b)", [photos.shipped(n)]).fetchone()[0].to_numpy()
+                      for n in photos.names("photo")], dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    picked = bases[np.arange(rows) % len(bases)]
+    noise = rng.normal(0.0, 1.0, picked.shape) * NOISE * picked.mean(axis=1, keepdims=True)
+    return np.maximum(picked + noise, 0.0).astype(np.float32)
+
+
+def build_table(conn, rows):
+    """(Re)creates TABLE with `rows` vectors and its HNSW index; returns seconds taken."""
+    t0 = time.perf_counter()
+    vectors = catalogue_vectors(conn, rows)
+    conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
+    conn.execute(f"CREATE TABLE {TABLE} (id integer PRIMARY KEY, embedding vector({vectors.shape[1]}))")
+    # 5 KB vectors kept out of TOAST, as README ("Search by upload") advises.
+    conn.execute(f"ALTER TABLE {TABLE} ALTER COLUMN embedding SET STORAGE PLAIN")
+    with conn.cursor().copy(f"COPY {TABLE} (id, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
+        copy.set_types(["integer", "vector"])
+        for i, v in enumerate(vectors, 1):
+            copy.write_row((i, v))
+    conn.execute(f"CREATE INDEX ON {TABLE} USING hnsw (embedding vector_cosine_ops)")
+    conn.execute(f"ANALYZE {TABLE}")
+    return time.perf_counter() - t0
+
+
+def scan_nodes(conn, query, params):
+    """The scan nodes of the plan the query gets with these parameters (a custom plan)."""
+    plan = conn.execute("EXPLAIN (COSTS OFF) " + query, params).fetchall()
+    return "; ".join(line.strip(" ->") for (line,) in plan if "Scan" in line and "CTE Scan" not in line)
+
+
+def plans(conn, image, vector):
+    """{side: scan nodes} of both searches, to show both use the HNSW index."""
+    # Imported here: only this function needs the service's code, and the client processes,
+    # which import this module, do not have to load FastAPI and onnxruntime.
+    import service
+    from psycopg import sql
+
+    service_query = sql.SQL(service.SEARCH_SQL).format(table=sql.Identifier(TABLE)).as_string(conn)
+    return {"pg_vision": scan_nodes(conn, SEARCH_SQL, [image]),
+            "service": scan_nodes(conn, service_query, {"q": vector, "k": 10})}
+
+
+# --- the two clients ------------------------------------------------------------------------
+
+class PgVisionClient:
+    """pg_vision's side: one psycopg connection, the prepared SEARCH_SQL."""
+
+    def __init__(self, pg_port, threads, image, **_):
+        self.conn = psycopg.connect(dsn(pg_port), autocommit=True, application_name=PG_APP)
+        self.conn.execute(f"SET pg_vision.intra_op_threads = {int(threads)}")
+        self.conn.execute("SELECT pg_vision_unload()")  # the next call loads it with that setting
+        self.image = image
+
+    def search(self):
+        return self.conn.execute(SEARCH_SQL, [self.image], prepare=True).fetchall()
+
+    def close(self):
+        self.conn.close()
+
+
+class ServiceClient:
+    """The service's side: one keep-alive HTTP connection posting the multipart form."""
+
+    def __init__(self, http_port, image, **_):
+        self.http = http.client.HTTPConnection("127.0.0.1", http_port)
+        boundary = "pgvversus" + os.urandom(8).hex()
+        self.body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="upload.jpg"\r\n'
+                     f"Content-Type: image/jpeg\r\n\r\n").encode() + image + (
+                     f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="k"\r\n\r\n10\r\n'
+                     f"--{boundary}--\r\n").encode()
+        self.headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        self.server_timing = None
+
+    def search(self):
+        self.http.request("POST", "/search", self.body, self.headers)
+        response = self.http.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"service answered {response.status}: {body[:300]!r}")
+        self.server_timing = response.getheader("Server-Timing")
+        return [(hit["id"], hit["similarity"]) for hit in json.loads(body)]
+
+    def close(self):
+        self.http.close()
+
+
+CLIENTS = {"pg_vision": PgVisionClient, "service": ServiceClient}
+
+
+# --- the service ----------------------------------------------------------------------------
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def log_tail(path, lines=30):
+    with open(path, errors="replace") as f:
+        return "".join(f.readlines()[-lines:])
+
+
+def wait_ready(proc, log, workers, port):
+    """Waits until each uvicorn worker has finished its startup (loaded and warmed its model)
+    and /health answers."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        with open(log, errors="replace") as f:
+            text = f.read()
+        if proc.poll() is not None or "Application startup failed" in text:
+            raise RuntimeError(f"the service did not start:\n{log_tail(log)}")
+        if text.count("Application startup complete.") >= workers:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                conn.close()
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"the service was not ready after {STARTUP_TIMEOUT_S} s:\n{log_tail(log)}")
+
+
+@contextlib.contextmanager
+def running_service(args, pg_port, models):
+    """Runs service.py (its own process group) for the duration of the block."""
+    log = tempfile.NamedTemporaryFile(prefix="versus-service-", suffix=".log", delete=False)
+    cmd = [sys.executable, SERVICE, "--dsn", dsn(pg_port), "--table", TABLE, "--model-dir", models,
+           "--model", MODEL, "--threads", str(args.threads), "--workers", str(args.workers),
+           "--port", str(args.port)] + (["--profile"] if args.profile else [])
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_ready(proc, log.name, args.workers, args.port)
+        yield proc
+    finally:
+        stop_service(proc)
+        log.close()
+        os.unlink(log.name)
+
+
+def stop_service(proc):
+    """SIGTERM to the service's process group (uvicorn and its workers), SIGKILL if it lingers."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+# --- measurements ---------------------------------------------------------------------------
+
+def stats(samples):
+    a = np.asarray(samples, dtype=np.float64)
+    p50, p95, p99 = np.percentile(a, [50, 95, 99])
+    return {"p50": p50, "p95": p95, "p99": p99, "mean": a.mean(), "n": len(a)}
+
+
+def timed(client):
+    """(wall ms, result) of one search."""
+    t0 = time.perf_counter()
+    result = client.search()
+    return (time.perf_counter() - t0) * 1e3, result
+
+
+def server_timing(header):
+    """{step: ms} from a Server-Timing header."""
+    return {name: float(dur.split("=", 1)[1]) for name, dur in (part.strip().split(";", 1) for part in header.split(","))}
+
+
+def agreement(pg_hits, service_hits):
+    """How far the two sides' top k agree: ids in common, same order, largest difference of similarity."""
+    pg, service = dict(pg_hits), dict(service_hits)
+    common = pg.keys() & service.keys()
+    return {"k": len(pg), "common_ids": len(common), "same_order": list(pg) == list(service),
+            "max_similarity_difference": max((abs(pg[i] - service[i]) for i in common), default=float("nan"))}
+
+
+def latency(args, spec):
+    """Interleaved sequential searches: ({side: stats}, {side: {step: stats}} with --profile
+    (the service's Server-Timing; pg_vision_profile() called between the searches), the
+    agreement of the last answers)."""
+    clients = {side: make(**spec) for side, make in CLIENTS.items()}
+    try:
+        for client in clients.values():
+            for _ in range(WARMUP_CALLS):
+                client.search()
+        wall = {side: [] for side in clients}
+        steps, last = {side: [] for side in clients}, {}
+        for i in range(args.iterations):
+            for side in (("pg_vision", "service") if i % 2 == 0 else ("service", "pg_vision")):
+                ms, last[side] = timed(clients[side])
+                wall[side].append(ms)
+            if args.profile:
+                steps["service"].append(server_timing(clients["service"].server_timing))
+                steps["pg_vision"].append(pg_vision_profile(clients["pg_vision"].conn, spec["image"]))
+    finally:
+        for client in clients.values():
+            client.close()
+    split = {side: {step: stats([s[step] for s in v]) for step in v[0]} for side, v in steps.items()} if args.profile else None
+    return {side: stats(v) for side, v in wall.items()}, split, agreement(last["pg_vision"], last["service"])
+
+
+def pg_vision_profile(conn, image):
+    """{step: ms} of pg_vision_profile(): decode, preprocess, inference and their total."""
+    columns = ("decode_ms", "preprocess_ms", "inference_ms", "total_ms")
+    row = conn.execute(f"SELECT {', '.join(columns)} FROM pg_vision_profile(%s, %b)", [MODEL, image],
+                       prepare=True).fetchone()
+    return {name.removesuffix("_ms"): ms for name, ms in zip(columns, row)}
+
+
+def cpu_times():
+    """(busy, steal, total) jiffies of all CPUs from /proc/stat."""
+    with open("/proc/stat") as f:
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
+    total = user + nice + system + idle + iowait + irq + softirq + steal
+    return total - idle - iowait, steal, total
+
+
+def process_cpu_s(pid):
+    """User + system CPU seconds of a process, all its threads (0 if it has gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(root):
+    """root and every process under it, from /proc."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def serving_pids(conn, side, service_pid):
+    """The processes doing one side's work: its clients' backends (application_name), plus
+    uvicorn's process tree for the service."""
+    app = PG_APP if side == "pg_vision" else SERVICE_APP
+    pids = [pid for (pid,) in conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = %s", [DATABASE, app])]
+    return pids + (descendants(service_pid) if side == "service" else [])
+
+
+def throughput_client(side, spec, seconds, barrier, results):
+    """One client process: warm up, wait for the others, search until `seconds` have passed;
+    puts its latencies (searches completed within the window) and its own CPU time."""
+    try:
+        client = CLIENTS[side](**spec)
+        for _ in range(WARMUP_CALLS):
+            client.search()
+    except BaseException:
+        barrier.abort()  # the driver and the other clients stop waiting
+        raise
+    barrier.wait(BARRIER_TIMEOUT_S)  # everyone ready
+    barrier.wait(BARRIER_TIMEOUT_S)  # go
+    cpu0, deadline, latencies = time.process_time(), time.monotonic() + seconds, []
+    while (start := time.monotonic()) < deadline:
+        client.search()
+        if (end := time.monotonic()) <= deadline:
+            latencies.append((end - start) * 1e3)
+    results.put({"latencies": latencies, "cpu_s": time.process_time() - cpu0})
+    client.close()
+
+
+def throughput(side, args, spec, conn, service_pid):
+    """--clients processes searching for --seconds: searches/s, latency, CPU figures."""
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no inherited connections
+    barrier, results = ctx.Barrier(args.clients + 1), ctx.Queue()
+    procs = [ctx.Process(target=throughput_client, args=(side, spec, args.seconds, barrier, results))
+             for _ in range(args.clients)]
+    for p in procs:
+        p.start()
+    try:
+        barrier.wait(BARRIER_TIMEOUT_S)
+        pids = serving_pids(conn, side, service_pid)
+        cpu0, serving0 = cpu_times(), sum(process_cpu_s(p) for p in pids)
+        barrier.wait(BARRIER_TIMEOUT_S)
+        time.sleep(args.seconds)
+        cpu1, serving1 = cpu_times(), sum(process_cpu_s(p) for p in pids)
+        per_client = [results.get(timeout=BARRIER_TIMEOUT_S) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    latencies = [ms for c in per_client for ms in c["latencies"]]
+    total = cpu1[2] - cpu0[2]
+    return {"clients": args.clients, "seconds": args.seconds, "searches": len(latencies),
+            "searches_per_s": len(latencies) / args.seconds, "latency_ms": stats(latencies),
+            "machine_cpu_busy_percent": 100.0 * (cpu1[0] - cpu0[0]) / total,
+            "cpu_steal_percent": 100.0 * (cpu1[1] - cpu0[1]) / total,
+            "serving_cpu_ms_per_search": (serving1 - serving0) * 1e3 / max(len(latencies), 1),
+            "serving_cpu_cores": (serving1 - serving0) / args.seconds,
+            "serving_processes": len(pids),
+            "client_cpu_percent": 100.0 * sum(c["cpu_s"] for c in per_client) / (args.seconds * os.cpu_count())}
+
+
+# --- report ---------------------------------------------------------------------------------
+
+def versions(conn):
+    server, pg_vision, pgvector = conn.execute(
+        "SELECT current_setting('server_version'), "
+        "(SELECT extversion FROM pg_extension WHERE extname = 'pg_vision'), "
+        "(SELECT extversion FROM pg_extension WHERE extname = 'vector')").fetchone()
+    with open(os.path.join(photos.REPO, "scripts", "versions.env")) as f:
+        ort_pinned = next(line.split("=", 1)[1].strip() for line in f if line.startswith("ONNXRUNTIME_VERSION="))
+    found = {"postgres": server, "pg_vision": pg_vision, "pgvector": pgvector,
+             "onnxruntime (pg_vision, scripts/versions.env)": ort_pinned, "python": platform.python_version()}
+    for package in ("onnxruntime", "pillow", "numpy", "fastapi", "uvicorn", "python-multipart", "psycopg", "pgvector"):
+        found[f"{package} (service)"] = importlib.metadata.version(package)
+    return found
+
+
+def print_stats(title, figures):
+    print(f"\n{title}")
+    print(f"  {'ms':24} {'p50':>8} {'p95':>8} {'p99':>8} {'mean':>8}")
+    for name, s in figures.items():
+        print(f"  {name:24} {s['p50']:8.2f} {s['p95']:8.2f} {s['p99']:8.2f} {s['mean']:8.2f}")
+
+
+def print_split(lat, split):
+    """Where each side's time goes, p50s; for the service also what its steps leave of the
+    client's time (HTTP, multipart parsing, JSON, the hop to the thread pool), roughly."""
+    print("\nwhere the time goes, p50 ms, measured on the latency run's searches")
+    for side, steps in split.items():
+        figures = ", ".join(f"{step} {s['p50']:.2f}" for step, s in steps.items())
+        print(f"  {side:10} client {lat[side]['p50']:.2f}: {figures}")
+    rest = lat["service"]["p50"] - sum(s["p50"] for s in split["service"].values())
+    print(f"  service rest (HTTP, multipart, JSON, thread pool), client p50 minus the steps' p50s: ~{rest:.2f}")
+
+
+def print_throughput(figures):
+    print(f"\nthroughput: {figures['pg_vision']['clients']} client processes per side for "
+          f"{figures['pg_vision']['seconds']:g} s each, pg_vision first")
+    print(f"  {'':10} {'searches':>9} {'per s':>8} {'p50 ms':>8} {'p95 ms':>8} {'CPU busy':>9} {'steal':>6} "
+          f"{'serving cores':>14} {'serving CPU ms/search':>22} {'clients CPU':>12}")
+    for side in CLIENTS:
+        f = figures[side]
+        print(f"  {side:10} {f['searches']:9d} {f['searches_per_s']:8.1f} {f['latency_ms']['p50']:8.1f} "
+              f"{f['latency_ms']['p95']:8.1f} {f['machine_cpu_busy_percent']:8.0f}% {f['cpu_steal_percent']:5.1f}% "
+              f"{f['serving_cpu_cores']:14.2f} {f['serving_cpu_ms_per_search']:22.1f} {f['client_cpu_percent']:11.1f}%")
+    print("  (CPU busy: the whole machine; serving cores: CPU seconds per second of the side's serving processes,\n"
+          "  of which searches/s follow when other work competes for the cores; clients CPU: share of the machine)")
+
+
+def measure(args, image):
+    """Builds the catalogue, runs the service and both phases: every figure, in one dict."""
+    with open(os.path.join(photos.state_dir(), "port")) as f:
+        pg_port = int(f.read().strip())
+    spec = {"pg_port": pg_port, "http_port": args.port, "threads": args.threads, "image": image}
+    prepare_database()
+    with psycopg.connect(dsn(pg_port), autocommit=True) as conn:
+        register_vector(conn)
+        build_s = build_table(conn, args.rows)
+        print(f"setup: {TABLE}, {args.rows} rows + HNSW index in {build_s:.1f} s")
+        query_vector = conn.execute(f"SELECT embed_{MODEL}(%b)", [image]).fetchone()[0].to_numpy()
+        found = {"versions": versions(conn), "plans": plans(conn, image, query_vector)}
+        with running_service(args, pg_port, model_dir(conn)) as service:
+            print(f"service: pid {service.pid}, {args.workers} uvicorn workers on port {args.port}")
+            lat, split, agree = latency(args, spec)
+            runs = {side: throughput(side, args, spec, conn, service.pid) for side in CLIENTS}
+    return {**found, "agreement": agree, "search_sql": SEARCH_SQL,
+            "latency_ms": lat, "latency_ratio_service_over_pg_vision": lat["service"]["p50"] / lat["pg_vision"]["p50"],
+            "profile_ms": split, "throughput": runs,
+            "throughput_ratio_pg_vision_over_service": runs["pg_vision"]["searches_per_s"] / runs["service"]["searches_per_s"]}
+
+
+def report(settings, r):
+    print("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()))
+    print("plans: " + "; ".join(f"{side}: {nodes}" for side, nodes in r["plans"].items()))
+    a = r["agreement"]
+    print(f"same answer: {a['common_ids']} of {a['k']} ids in common, same order: {a['same_order']}, "
+          f"largest similarity difference {a['max_similarity_difference']:.6f}")
+    print_stats(f"latency, sequential, one connection each, {settings['iterations']} interleaved searches per side",
+                r["latency_ms"])
+    print(f"  service p50 / pg_vision p50: {r['latency_ratio_service_over_pg_vision']:.2f}")
+    if r["profile_ms"]:
+        print_split(r["latency_ms"], r["profile_ms"])
+    print_throughput(r["throughput"])
+    print(f"  pg_vision / service searches/s: {r['throughput_ratio_pg_vision_over_service']:.2f}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=2000, help="catalogue rows")
+    ap.add_argument("--iterations", type=int, default=200, help="sequential searches per side")
+    ap.add_argument("--clients", type=int, default=8, help="concurrent client processes per side")
+    ap.add_argument("--seconds", type=float, default=20, help="throughput window per side")
+    ap.add_argument("--threads", type=int, default=2, help="intra-op threads, both sides")
+    ap.add_argument("--workers", type=int, default=os.cpu_count(), help="uvicorn workers")
+    ap.add_argument("--port", type=int, default=0, help="the service's port (0: a free one)")
+    ap.add_argument("--profile", action="store_true", help="also show where each side's time goes")
+    ap.add_argument("--json", metavar="FILE", help="also save the figures as JSON")
+    args = ap.parse_args()
+    args.port = args.port or free_port()
+
+    image = photos.jpeg_1000()
+    load_before, cpu_before = round(os.getloadavg()[0], 2), cpu_times()
+    results = measure(args, image)
+    cpu_after = cpu_times()
+    settings = {"threads": args.threads, "workers": args.workers, "rows": args.rows,
+                "image": f"1000x1000 JPEG q90, {len(image)} bytes", "iterations": args.iterations,
+                "warmup_calls": WARMUP_CALLS, "clients": args.clients, "seconds": args.seconds,
+                "nproc": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+                # Other work on the machine skews every figure: the load and the steal show it.
+                "loadavg_before": load_before, "loadavg_after": round(os.getloadavg()[0], 2),
+                "cpu_steal_percent": round(100.0 * (cpu_after[1] - cpu_before[1]) / (cpu_after[2] - cpu_before[2]), 1)}
+    report(settings, results)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"settings": settings, **results}, f, indent=2)
+        print(f"\nsaved {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
