@@ -9,7 +9,9 @@ rows and an HNSW index (vector_cosine_ops), rebuilt each run. Its vectors are pg
 embeddings of the real photographs (photos.names("photo")), each row one of them plus
 Gaussian noise (NOISE times the photo's mean feature, clipped at 0 like the model's
 features): clusters of realistic vectors. The upload is photos.jpeg_1000() (1000x1000
-JPEG, quality 90), the same bytes for both sides.
+JPEG, quality 90), the same bytes for both sides, but each search sends it with another
+JPEG comment (tagged()): the same pixels and work, and no cache keyed by the bytes can
+answer it, as none would answer a new upload.
 
 Everything goes over TCP on 127.0.0.1, the service's own connections to PostgreSQL too.
 pg_vision gets pg_vision.intra_op_threads = --threads; the service runs --workers uvicorn
@@ -21,7 +23,8 @@ workers (default one per core), each with an onnxruntime session of --threads th
    first alternates); p50/p95/p99/mean of the client's wall time with the result parsed,
    and the ratio service p50 / pg_vision p50. Both sides' last top 10 are compared.
 2. throughput: --clients client processes per side, pg_vision then the service, each
-   searching in a loop for --seconds; completed searches per second and the ratio
+   searching in a loop for --seconds (the service's connections spread evenly over its
+   workers, see spread_evenly(); --kernel-spread leaves them where the kernel puts them); completed searches per second and the ratio
    pg_vision / service, the machine's CPU busy and steal (/proc/stat), the serving
    processes' CPU (pg_vision: the clients' backends; the service: uvicorn's processes and
    their backends) per search and per second (the cores each side got: on a machine doing
@@ -31,10 +34,11 @@ Server-Timing header (decode, preprocess, inference, query) and pg_vision_profil
 (decode, preprocess, inference; one more, untimed, embedding per iteration).
 
 Usage: scripts/bench/versus.py [--rows 2000] [--iterations 200] [--clients 8] [--seconds 20]
-           [--threads 2] [--workers N] [--profile] [--json FILE]
+           [--threads 2] [--workers N] [--kernel-spread] [--profile] [--json FILE]
 """
 
 import argparse
+import collections
 import contextlib
 import http.client
 import importlib.metadata
@@ -153,14 +157,17 @@ def plans(conn, image, vector):
 class PgVisionClient:
     """pg_vision's side: one psycopg connection, the prepared SEARCH_SQL."""
 
-    def __init__(self, pg_port, threads, image, **_):
+    def __init__(self, pg_port, threads, **_):
         self.conn = psycopg.connect(dsn(pg_port), autocommit=True, application_name=PG_APP)
         self.conn.execute(f"SET pg_vision.intra_op_threads = {int(threads)}")
         self.conn.execute("SELECT pg_vision_unload()")  # the next call loads it with that setting
-        self.image = image
 
-    def search(self):
-        return self.conn.execute(SEARCH_SQL, [self.image], prepare=True).fetchall()
+    def search(self, upload):
+        return self.conn.execute(SEARCH_SQL, [upload], prepare=True).fetchall()
+
+    def server_pid(self):
+        """The backend serving this connection."""
+        return self.conn.info.backend_pid
 
     def close(self):
         self.conn.close()
@@ -169,24 +176,29 @@ class PgVisionClient:
 class ServiceClient:
     """The service's side: one keep-alive HTTP connection posting the multipart form."""
 
-    def __init__(self, http_port, image, **_):
+    def __init__(self, http_port, **_):
         self.http = http.client.HTTPConnection("127.0.0.1", http_port)
         boundary = "pgvversus" + os.urandom(8).hex()
-        self.body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="upload.jpg"\r\n'
-                     f"Content-Type: image/jpeg\r\n\r\n").encode() + image + (
-                     f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="k"\r\n\r\n10\r\n'
+        self.head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="upload.jpg"\r\n'
+                     f"Content-Type: image/jpeg\r\n\r\n").encode()
+        self.tail = (f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="k"\r\n\r\n10\r\n'
                      f"--{boundary}--\r\n").encode()
         self.headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
         self.server_timing = None
 
-    def search(self):
-        self.http.request("POST", "/search", self.body, self.headers)
+    def search(self, upload):
+        self.http.request("POST", "/search", self.head + upload + self.tail, self.headers)
         response = self.http.getresponse()
         body = response.read()
         if response.status != 200:
             raise RuntimeError(f"service answered {response.status}: {body[:300]!r}")
         self.server_timing = response.getheader("Server-Timing")
         return [(hit["id"], hit["similarity"]) for hit in json.loads(body)]
+
+    def server_pid(self):
+        """The uvicorn worker that accepted this connection (it keeps it)."""
+        self.http.request("GET", "/health")
+        return json.loads(self.http.getresponse().read())["pid"]
 
     def close(self):
         self.http.close()
@@ -263,10 +275,21 @@ def stats(samples):
     return {"p50": p50, "p95": p95, "p99": p99, "mean": a.mean(), "n": len(a)}
 
 
-def timed(client):
+def tagged(image, tag):
+    """The JPEG `image` with a comment segment carrying `tag` after its JFIF header: the same
+    pixels and decoding work in other bytes, so that no cache keyed by the bytes (a memo of
+    recent embeddings, say) answers a search, as none would answer a new upload."""
+    at = 2
+    if image[2:4] == b"\xff\xe0":  # the JFIF APP0 segment stays first
+        at += 2 + int.from_bytes(image[4:6], "big")
+    text = tag.encode()
+    return image[:at] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + image[at:]
+
+
+def timed(client, upload):
     """(wall ms, result) of one search."""
     t0 = time.perf_counter()
-    result = client.search()
+    result = client.search(upload)
     return (time.perf_counter() - t0) * 1e3, result
 
 
@@ -290,17 +313,18 @@ def latency(args, spec):
     clients = {side: make(**spec) for side, make in CLIENTS.items()}
     try:
         for client in clients.values():
-            for _ in range(WARMUP_CALLS):
-                client.search()
+            for i in range(WARMUP_CALLS):
+                client.search(tagged(spec["image"], f"warm-up {i}"))
         wall = {side: [] for side in clients}
         steps, last = {side: [] for side in clients}, {}
         for i in range(args.iterations):
+            upload = tagged(spec["image"], f"latency {i}")  # the same bytes for both sides
             for side in (("pg_vision", "service") if i % 2 == 0 else ("service", "pg_vision")):
-                ms, last[side] = timed(clients[side])
+                ms, last[side] = timed(clients[side], upload)
                 wall[side].append(ms)
             if args.profile:
                 steps["service"].append(server_timing(clients["service"].server_timing))
-                steps["pg_vision"].append(pg_vision_profile(clients["pg_vision"].conn, spec["image"]))
+                steps["pg_vision"].append(pg_vision_profile(clients["pg_vision"].conn, upload))
     finally:
         for client in clients.values():
             client.close()
@@ -362,24 +386,56 @@ def serving_pids(conn, side, service_pid):
     return pids + (descendants(service_pid) if side == "service" else [])
 
 
-def throughput_client(side, spec, seconds, barrier, results):
+def claim(slots, pid, share):
+    """Counts one client for server process `pid` in `slots` (pid, count, pid, count, ...)
+    unless it already has `share` of them; True if counted."""
+    with slots.get_lock():
+        for i in range(0, len(slots), 2):
+            if slots[i] in (pid, 0):
+                if slots[i + 1] >= share:
+                    return False
+                slots[i], slots[i + 1] = pid, slots[i + 1] + 1
+                return True
+    return False
+
+
+def spread_evenly(client, slots, share, tries=200):
+    """Reconnects a service client until its connection lands on a uvicorn worker that has
+    fewer than `share` clients. The workers share one listening socket, so the kernel picks
+    which accepts a connection; it can give one worker 6 or 7 of 8, and a worker with that
+    many is held back by the GIL (about 0.7 of a core measured here), which halves the
+    service's throughput. Even spreading is the service's best case."""
+    for _ in range(tries):
+        if claim(slots, client.server_pid(), share):
+            return
+        client.close()  # the next request opens a new connection
+    raise RuntimeError(f"no worker with fewer than {share} clients after {tries} connections")
+
+
+def throughput_client(index, side, spec, seconds, barrier, results, spread):
     """One client process: warm up, wait for the others, search until `seconds` have passed;
-    puts its latencies (searches completed within the window) and its own CPU time."""
+    puts its latencies (searches completed within the window) and its own CPU time.
+    `spread`: None, or (slots, share) for spread_evenly()."""
     try:
         client = CLIENTS[side](**spec)
-        for _ in range(WARMUP_CALLS):
-            client.search()
+        if spread:
+            spread_evenly(client, *spread)
+        for i in range(WARMUP_CALLS):
+            client.search(tagged(spec["image"], f"warm-up {index} {i}"))
     except BaseException:
         barrier.abort()  # the driver and the other clients stop waiting
         raise
     barrier.wait(BARRIER_TIMEOUT_S)  # everyone ready
     barrier.wait(BARRIER_TIMEOUT_S)  # go
     cpu0, deadline, latencies = time.process_time(), time.monotonic() + seconds, []
-    while (start := time.monotonic()) < deadline:
-        client.search()
+    while True:
+        upload = tagged(spec["image"], f"client {index} search {len(latencies)}")
+        if (start := time.monotonic()) >= deadline:
+            break
+        client.search(upload)
         if (end := time.monotonic()) <= deadline:
             latencies.append((end - start) * 1e3)
-    results.put({"latencies": latencies, "cpu_s": time.process_time() - cpu0})
+    results.put({"latencies": latencies, "cpu_s": time.process_time() - cpu0, "server_pid": client.server_pid()})
     client.close()
 
 
@@ -387,8 +443,11 @@ def throughput(side, args, spec, conn, service_pid):
     """--clients processes searching for --seconds: searches/s, latency, CPU figures."""
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no inherited connections
     barrier, results = ctx.Barrier(args.clients + 1), ctx.Queue()
-    procs = [ctx.Process(target=throughput_client, args=(side, spec, args.seconds, barrier, results))
-             for _ in range(args.clients)]
+    spread = None
+    if side == "service" and not args.kernel_spread:
+        spread = (ctx.Array("i", 2 * args.workers), -(-args.clients // args.workers))
+    procs = [ctx.Process(target=throughput_client, args=(i, side, spec, args.seconds, barrier, results, spread))
+             for i in range(args.clients)]
     for p in procs:
         p.start()
     try:
@@ -400,6 +459,7 @@ def throughput(side, args, spec, conn, service_pid):
         cpu1, serving1 = cpu_times(), sum(process_cpu_s(p) for p in pids)
         per_client = [results.get(timeout=BARRIER_TIMEOUT_S) for _ in procs]
     finally:
+        barrier.abort()  # if the driver stops early, clients still waiting stop too
         for p in procs:
             p.join(timeout=30)
             if p.is_alive():
@@ -413,7 +473,9 @@ def throughput(side, args, spec, conn, service_pid):
             "serving_cpu_ms_per_search": (serving1 - serving0) * 1e3 / max(len(latencies), 1),
             "serving_cpu_cores": (serving1 - serving0) / args.seconds,
             "serving_processes": len(pids),
-            "client_cpu_percent": 100.0 * sum(c["cpu_s"] for c in per_client) / (args.seconds * os.cpu_count())}
+            "client_cpu_percent": 100.0 * sum(c["cpu_s"] for c in per_client) / (args.seconds * os.cpu_count()),
+            "clients_per_server_process": sorted(collections.Counter(c["server_pid"] for c in per_client).values(),
+                                                 reverse=True)}
 
 
 # --- report ---------------------------------------------------------------------------------
@@ -460,6 +522,8 @@ def print_throughput(figures):
         print(f"  {side:10} {f['searches']:9d} {f['searches_per_s']:8.1f} {f['latency_ms']['p50']:8.1f} "
               f"{f['latency_ms']['p95']:8.1f} {f['machine_cpu_busy_percent']:8.0f}% {f['cpu_steal_percent']:5.1f}% "
               f"{f['serving_cpu_cores']:14.2f} {f['serving_cpu_ms_per_search']:22.1f} {f['client_cpu_percent']:11.1f}%")
+    print(f"  clients per serving process: pg_vision {figures['pg_vision']['clients_per_server_process']}, "
+          f"service {figures['service']['clients_per_server_process']}")
     print("  (CPU busy: the whole machine; serving cores: CPU seconds per second of the side's serving processes,\n"
           "  of which searches/s follow when other work competes for the cores; clients CPU: share of the machine)")
 
@@ -511,10 +575,14 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads, both sides")
     ap.add_argument("--workers", type=int, default=os.cpu_count(), help="uvicorn workers")
     ap.add_argument("--port", type=int, default=0, help="the service's port (0: a free one)")
+    ap.add_argument("--kernel-spread", action="store_true",
+                    help="leave the service's throughput connections on the workers the kernel gives them "
+                         "(default: spread evenly, see spread_evenly())")
     ap.add_argument("--profile", action="store_true", help="also show where each side's time goes")
     ap.add_argument("--json", metavar="FILE", help="also save the figures as JSON")
     args = ap.parse_args()
     args.port = args.port or free_port()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `kill` still stops the service (finally blocks)
 
     image = photos.jpeg_1000()
     load_before, cpu_before = round(os.getloadavg()[0], 2), cpu_times()
@@ -523,6 +591,7 @@ def main():
     settings = {"threads": args.threads, "workers": args.workers, "rows": args.rows,
                 "image": f"1000x1000 JPEG q90, {len(image)} bytes", "iterations": args.iterations,
                 "warmup_calls": WARMUP_CALLS, "clients": args.clients, "seconds": args.seconds,
+                "service_clients_spread": "as the kernel gave them" if args.kernel_spread else "evenly",
                 "nproc": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
                 # Other work on the machine skews every figure: the load and the steal show it.
                 "loadavg_before": load_before, "loadavg_after": round(os.getloadavg()[0], 2),
