@@ -56,6 +56,7 @@ import time
 import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
+from psycopg import sql
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/, for photos.py
 import photos  # noqa: E402
@@ -63,16 +64,18 @@ import photos  # noqa: E402
 DATABASE = "pg_vision_versus"
 TABLE = "versus_items"
 MODEL = "efficientnet"
-# pg_vision's search, the README's storefront query ("Search by upload") without the product
-# join: the MATERIALIZED CTE embeds the upload once whatever plan the prepared statement
-# gets. The LATERAL form, `FROM versus_items, LATERAL (SELECT embed_efficientnet($1) AS q) s
-# ORDER BY embedding <=> q`, is pulled up into the query: it embeds twice under a custom plan
-# (ORDER BY and select list folded separately) and 21 times under the generic plan a prepared
-# statement switches to after 5 executions (the select list's copy once per row).
-SEARCH_SQL = f"""
-WITH q AS MATERIALIZED (SELECT embed_{MODEL}(%b) AS v)
+# pg_vision's search of TABLE (%b: the upload, a binary bytea parameter), the README's storefront query
+# ("Search by upload") without the product join: the MATERIALIZED CTE embeds the upload once
+# whatever plan the prepared statement gets. The LATERAL form, `FROM versus_items, LATERAL
+# (SELECT embed_efficientnet($1) AS q) s ORDER BY embedding <=> q`, is pulled up into the
+# query and embeds twice under a custom plan (select list and ORDER BY folded separately),
+# then 21 times under the generic plan a prepared statement switches to after 5 executions
+# (the select list's and the sort key's copies once per row, and the index scan's):
+# counted with track_functions, 2 and 21 embed_image() calls per search.
+SEARCH_SQL = """
+WITH q AS MATERIALIZED (SELECT embed_efficientnet(%b) AS v)
 SELECT id, 1 - (embedding <=> (SELECT v FROM q)) AS similarity
-  FROM {TABLE}
+  FROM versus_items
  ORDER BY embedding <=> (SELECT v FROM q)
  LIMIT 10"""
 WARMUP_CALLS = 10
@@ -145,7 +148,6 @@ def plans(conn, image, vector):
     # Imported here: only this function needs the service's code, and the client processes,
     # which import this module, do not have to load FastAPI and onnxruntime.
     import service
-    from psycopg import sql
 
     service_query = sql.SQL(service.SEARCH_SQL).format(table=sql.Identifier(TABLE)).as_string(conn)
     return {"pg_vision": scan_nodes(conn, SEARCH_SQL, [image]),
