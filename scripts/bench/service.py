@@ -22,8 +22,10 @@ would change the recipe, so the vectors would differ from pg_vision's.
                  100); answers [{"id": ..., "similarity": ...}], nearest first (cosine)
   GET  /health   {"status": "ok", "model": ..., "pid": ...} once the worker is warm
 
-Endpoints are plain `def`s, so FastAPI runs them on its thread pool: Pillow, numpy and
-onnxruntime release the GIL, so one worker serves concurrent requests. With --profile
+Endpoints are plain `def`s, so FastAPI runs them on its thread pool: decoding, resizing and
+inference release the GIL, so one worker serves concurrent requests, though the parts in
+Python hold it (a worker with 6 of 8 busy connections got about 0.7 of a core, see
+versus.py's spread_evenly()). With --profile
 every /search answer carries a Server-Timing header (decode, preprocess, inference and
 query, in ms, measured in the worker).
 
