@@ -64,14 +64,12 @@ import photos  # noqa: E402
 DATABASE = "pg_vision_versus"
 TABLE = "versus_items"
 MODEL = "efficientnet"
-# pg_vision's search of TABLE (%b: the upload, a binary bytea parameter), the README's storefront query
-# ("Search by upload") without the product join: the MATERIALIZED CTE embeds the upload once
-# whatever plan the prepared statement gets. The LATERAL form, `FROM versus_items, LATERAL
-# (SELECT embed_efficientnet($1) AS q) s ORDER BY embedding <=> q`, is pulled up into the
-# query and embeds twice under a custom plan (select list and ORDER BY folded separately),
-# then 21 times under the generic plan a prepared statement switches to after 5 executions
-# (the select list's and the sort key's copies once per row, and the index scan's):
-# counted with track_functions, 2 and 21 embed_image() calls per search.
+# pg_vision's search of TABLE (%b: the upload, a binary bytea parameter): README's recommended
+# query ("Search by upload") without the product join, whose MATERIALIZED CTE embeds the
+# upload once by construction, whatever the plan, memo or not. (Before pg_vision's memo, in
+# 0.4.0, the LATERAL form `FROM versus_items, LATERAL (SELECT embed_efficientnet($1) AS q) s
+# ORDER BY embedding <=> q` ran the model twice per search under a custom plan and 21 times
+# under the generic plan a prepared statement switched to after 5 executions.)
 SEARCH_SQL = """
 WITH q AS MATERIALIZED (SELECT embed_efficientnet(%b) AS v)
 SELECT id, 1 - (embedding <=> (SELECT v FROM q)) AS similarity
@@ -94,13 +92,14 @@ def dsn(port, dbname=DATABASE):
 
 
 def prepare_database():
-    """Creates DATABASE with pg_vision (and pgvector) if missing."""
+    """Creates DATABASE with pg_vision (and pgvector) if missing, and updates pg_vision."""
     with photos.connect() as c:
         if not c.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE]).fetchone():
             c.execute(f"CREATE DATABASE {DATABASE}")
     with photos.connect(dbname=DATABASE) as c:
         c.execute("SET client_min_messages = warning")
         c.execute("CREATE EXTENSION IF NOT EXISTS pg_vision CASCADE")
+        c.execute("ALTER EXTENSION pg_vision UPDATE")  # to the installed library's version
 
 
 def model_dir(conn):
