@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Benchmarks the installed (release) build through SQL (the drivers are in scripts/bench/):
 # single and batch latency (latency.py, 1 and 2 intra-op threads), trigger ingestion and
-# search (shop.py), search by upload against the Python service pg_vision replaced (versus.py,
-# which starts service.py), first-call latency with and without preload (preload_latency.py),
+# search (shop.py), search by upload in every query form under custom and generic plans
+# (forms.py), against the Python service pg_vision replaced (versus.py, which starts
+# service.py), ONNX Runtime session options and the memo's hashing (Rust examples in
+# core/examples/), first-call latency with and without preload (preload_latency.py),
 # 8 clients under a tight memory budget (load.py) and the peak memory of one decode at the
 # pixel limit (decode_peak_memory.py). Results in bench-results/ and on the terminal.
 # Usage: scripts/bench.sh [latency.py args]
@@ -17,8 +19,15 @@ for t in 1 2; do
 done
 say "shop: ingestion through the trigger, search"
 "$PY" scripts/bench/shop.py --json bench-results/shop.json
+say "search by upload in every query form, custom and generic plans"
+"$PY" scripts/bench/forms.py --json bench-results/forms.json
 say "versus the replaced service: search by upload, pg_vision against FastAPI + onnxruntime + pgvector"
 "$PY" scripts/bench/versus.py --profile --json bench-results/versus.json
+say "ONNX Runtime session options: one session's latency, 8 sessions at once (no PostgreSQL)"
+PG_VISION_ORT_LIB="$ORT_LIB_SRC" \
+  cargo run -q --release -p pg_vision_core --example session_bench -- models/efficientnet-lite0.onnx 2 8
+say "the memo's lookup: SHA-256 of an upload, and the last upload recognised again"
+cargo run -q --release -p pg_vision_core --example memo_bench
 say "first-call latency with and without pg_vision.preload_models"
 "$PY" scripts/bench/preload_latency.py
 say "load: 8 clients for 60 s under a 100 MB memory budget"
