@@ -22,6 +22,24 @@ if [ ! -s models/clip-fixture-text.onnx ] || [ scripts/build_clip_fixture.py -nt
   say "building the CLIP-shaped test fixture (random weights, not a real model)"
   "$PY" scripts/build_clip_fixture.py --out models
 fi
+# Each manifest declares the sha256 of its ONNX files, and pg_vision refuses a file that does
+# not match: the builds above are reproducible, so a difference here means a package or
+# script changed the weights. Say so now rather than at the first embedding.
+"$PY" - <<'PYEOF'
+import glob, hashlib, json, os, sys
+bad = []
+for manifest in sorted(glob.glob("models/*.json")):
+    m = json.load(open(manifest))
+    for tower in (m, m.get("text") or {}):
+        path, want = os.path.join("models", tower.get("onnx_file", "")), tower.get("onnx_sha256")
+        if want and os.path.isfile(path):
+            got = hashlib.sha256(open(path, "rb").read()).hexdigest()
+            if got != want:
+                bad.append(f"  {path}: sha256 {got}, but {manifest} declares {want}")
+if bad:
+    sys.exit("models.sh: built ONNX files differ from what their manifests declare:\n" + "\n".join(bad)
+             + "\n(delete them and run make models again; if it persists, a pinned package changed the weights)")
+PYEOF
 dest="$("$PG_CONFIG" --sharedir)/pg_vision"
 mkdir -p "$dest"
 for f in models/*.json models/*.onnx; do

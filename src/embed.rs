@@ -11,7 +11,7 @@
 use pgrx::prelude::*;
 
 use pg_vision_core::embed::{self, Batching};
-use pg_vision_core::manifest::{Manifest, Output, Tower};
+use pg_vision_core::manifest::{Manifest, Output, Source, Tower};
 
 use crate::cache;
 use crate::guc;
@@ -146,10 +146,8 @@ fn pg_vision_models() -> TableIterator<
             let is_loaded = loaded.contains(&name);
             match m {
                 Ok(m) => {
-                    let path = m.onnx_path(&dir, Tower::Image).or_raise();
-                    let available = path.is_file();
-                    let problem = (!available)
-                        .then(|| format!("{} is missing; create it with: {}", path.display(), m.fetch_hint));
+                    let problem = files_problem(&dir, &m);
+                    let available = problem.is_none();
                     (
                         name,
                         m.dim as i32,
@@ -169,6 +167,25 @@ fn pg_vision_models() -> TableIterator<
         })
         .collect();
     TableIterator::new(rows)
+}
+
+/// What is wrong with a model's ONNX files, if anything: missing, or not matching the
+/// sha256 its manifest declares (each file hashed once per identity in this process).
+fn files_problem(dir: &std::path::Path, m: &Manifest) -> Option<String> {
+    let towers = [(Tower::Image, m.onnx_sha256.as_deref())]
+        .into_iter()
+        .chain(m.text.as_ref().map(|t| (Tower::Text, t.onnx_sha256.as_deref())));
+    for (tower, sha256) in towers {
+        let path = m.onnx_path(dir, tower).or_raise();
+        let checked = match Source::of(path.clone()) {
+            Ok(source) => source.check_sha256(sha256, &m.name, &m.fetch_hint),
+            Err(_) => return Some(format!("{} is missing; create it with: {}", path.display(), m.fetch_hint)),
+        };
+        if let Err(e) = checked {
+            return Some(in_sql_terms(e).to_string());
+        }
+    }
+    None
 }
 
 /// This connection's loaded models: ONNX file size and measured memory (`bytes`, the heap

@@ -108,7 +108,10 @@ fn main() {
     let threads: usize = args.get(2).map_or(2, |a| a.parse().unwrap());
     let backends: usize = args.get(3).map_or(8, |a| a.parse().unwrap());
     let input: Vec<f32> = (0..3 * 224 * 224).map(|i| ((i * 7919) % 255) as f32 / 128.0 - 1.0).collect();
-    println!("{} | one session, {threads} thread(s) | {backends} such sessions at once, {LOAD_SECONDS} s", onnx.display());
+    println!(
+        "{} | one session, {threads} thread(s) | {backends} such sessions at once, {LOAD_SECONDS} s",
+        onnx.display()
+    );
     println!("{:<36} {:>8} {:>8} | {:>8} {:>8}", "variant", "p50 ms", "p90 ms", "runs/s", "p50 ms");
     for v in variants() {
         let (p50, p90) = latency(&onnx, threads, &v, &input);

@@ -60,6 +60,7 @@ impl ImageModel {
             Error::new(Kind::FileMissing, format!("model \"{name}\": weights file {} is missing ({e})", onnx.display()))
                 .with_hint(format!("create it with: {}", manifest.fetch_hint))
         })?;
+        onnx_source.check_sha256(manifest.onnx_sha256.as_deref(), name, &manifest.fetch_hint)?;
         let session = session::build(&onnx, opts, &format!("model \"{name}\": cannot load {}", onnx.display()))?;
         let origin = Origin { manifest: manifest.source.clone(), onnx: onnx_source };
         let model = ImageModel {

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::Deserialize;
 
@@ -109,6 +110,9 @@ pub struct Manifest {
     #[serde(default)]
     pub description: String,
     pub onnx_file: String,
+    /// SHA-256 of `onnx_file`, lower-case hex: a file that does not match is refused.
+    #[serde(default)]
+    pub onnx_sha256: Option<String>,
     pub fetch_hint: String,
     pub input_name: String,
     pub layout: Layout,
@@ -179,6 +183,56 @@ impl Source {
     pub fn unchanged(&self) -> bool {
         FileId::of(&self.path).is_ok_and(|id| id == self.id)
     }
+
+    /// The file's SHA-256, lower-case hex. Computed once per file identity in this process
+    /// (a 20 MB model: about 12 ms), so listing models repeatedly does not read them again.
+    pub fn sha256(&self) -> std::io::Result<String> {
+        use sha2::{Digest, Sha256};
+        use std::io::Read;
+        static DIGESTS: Mutex<BTreeMap<PathBuf, (FileId, String)>> = Mutex::new(BTreeMap::new());
+        let known = |d: &BTreeMap<PathBuf, (FileId, String)>| {
+            d.get(&self.path).filter(|(id, _)| *id == self.id).map(|(_, hex)| hex.clone())
+        };
+        if let Some(hex) = known(&DIGESTS.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(hex);
+        }
+        let mut file = std::fs::File::open(&self.path)?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0; 1 << 20];
+        loop {
+            match file.read(&mut buf)? {
+                0 => break,
+                n => hasher.update(&buf[..n]),
+            }
+        }
+        let hex: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let mut digests = DIGESTS.lock().unwrap_or_else(|e| e.into_inner());
+        digests.insert(self.path.clone(), (self.id, hex.clone()));
+        Ok(hex)
+    }
+
+    /// Checks the file against the SHA-256 its manifest declares for it (`None`: nothing
+    /// declared, nothing to check), so a half-copied or swapped file is refused before
+    /// ONNX Runtime reads it.
+    pub fn check_sha256(&self, expected: Option<&str>, model: &str, fetch_hint: &str) -> Result<()> {
+        let Some(expected) = expected else { return Ok(()) };
+        let path = self.path.display();
+        let found = self.sha256().map_err(|e| {
+            Error::new(Kind::FileMissing, format!("model \"{model}\": cannot read weights file {path}: {e}"))
+        })?;
+        if found == expected {
+            return Ok(());
+        }
+        Err(Error::new(
+            Kind::BadModel,
+            format!(
+                "model \"{model}\": weights file {path} does not match the sha256 in its manifest (file {}..., manifest {}...)",
+                &found[..12],
+                &expected[..12]
+            ),
+        )
+        .with_hint(format!("the file is incomplete or another model's; create it again with: {fetch_hint}")))
+    }
 }
 
 /// The files a loaded tower was built from: its manifest (when read from a file) and its
@@ -211,6 +265,9 @@ pub enum TokenizerKind {
 pub struct TextManifest {
     /// File name of the text tower, relative to the model directory.
     pub onnx_file: String,
+    /// SHA-256 of the text tower's `onnx_file`, lower-case hex.
+    #[serde(default)]
+    pub onnx_sha256: Option<String>,
     /// int64 [N, context_length] token ids.
     pub input_name: String,
     /// int64 [N, context_length] attention mask (1 on tokens, 0 on padding), when the graph
@@ -266,6 +323,16 @@ pub fn no_text_tower(model: &str) -> Error {
     Error::new(Kind::InvalidArgument, format!("model \"{model}\" has no text tower"))
         .with_hint("text embeddings need a CLIP-style model whose manifest has a \"text\" section")
         .with_fact(Fact::NoTextTower)
+}
+
+/// A declared SHA-256 is 64 lower-case hex digits (what `sha256sum` prints).
+fn check_sha256_syntax(hex: Option<&str>) -> std::result::Result<(), String> {
+    match hex {
+        Some(h) if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => {
+            Err(format!("onnx_sha256 \"{h}\" is not 64 lower-case hex digits"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Model names are file names too: keep them to a safe alphabet so a name can never
@@ -374,6 +441,7 @@ impl Manifest {
             |what: String| Err(Error::new(Kind::BadModel, format!("model manifest {}: {what}", origin.display())));
         check_model_name(&self.name)?;
         check_onnx_file("onnx_file", &self.onnx_file).or_else(bad)?;
+        check_sha256_syntax(self.onnx_sha256.as_deref()).or_else(bad)?;
         if self.width == 0 || self.height == 0 || self.width > 4096 || self.height > 4096 {
             return bad(format!("input size {}x{} must be between 1 and 4096", self.width, self.height));
         }
@@ -411,6 +479,7 @@ impl TextManifest {
         let bad =
             |what: String| Err(Error::new(Kind::BadModel, format!("model manifest {}: text.{what}", origin.display())));
         check_onnx_file("onnx_file", &self.onnx_file).or_else(bad)?;
+        check_sha256_syntax(self.onnx_sha256.as_deref()).or_else(bad)?;
         if self.input_name.is_empty() || self.output_name.is_empty() {
             return bad("input_name and output_name must not be empty".into());
         }
@@ -466,6 +535,39 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert!(!read.unchanged());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_that_does_not_match_its_declared_sha256_is_refused() {
+        let dir = std::env::temp_dir().join(format!("pgv-sha-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.onnx");
+        std::fs::write(&path, b"abc").unwrap();
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"; // sha256sum of "abc"
+        let source = Source::of(path.clone()).unwrap();
+        assert_eq!(source.sha256().unwrap(), abc);
+        source.check_sha256(Some(abc), "m", "make models").unwrap();
+        source.check_sha256(None, "m", "make models").unwrap();
+        // Half copied: a new identity, hashed again, refused with what to do.
+        std::fs::write(&path, b"ab").unwrap();
+        let e = Source::of(path.clone()).unwrap().check_sha256(Some(abc), "m", "make models").unwrap_err();
+        assert_eq!(e.kind, Kind::BadModel);
+        assert!(
+            e.message
+                .contains("does not match the sha256 in its manifest (file fb8e20fc2e4c..., manifest ba7816bf8f01...)"),
+            "{}",
+            e.message
+        );
+        assert!(e.hint.as_deref().unwrap().contains("make models"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_declared_sha256_must_be_lower_case_hex() {
+        assert!(check_sha256_syntax(None).is_ok());
+        assert!(check_sha256_syntax(Some(&"a".repeat(64))).is_ok());
+        assert!(check_sha256_syntax(Some(&"A".repeat(64))).is_err());
+        assert!(check_sha256_syntax(Some("abc")).is_err());
     }
 
     #[test]

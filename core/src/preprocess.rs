@@ -176,6 +176,7 @@ mod tests {
             name: "t".into(),
             description: String::new(),
             onnx_file: "t.onnx".into(),
+            onnx_sha256: None,
             fetch_hint: String::new(),
             input_name: "input".into(),
             layout,

@@ -54,6 +54,7 @@ impl TextModel {
             )
             .with_hint(format!("create it with: {fetch_hint}"))
         })?;
+        onnx_source.check_sha256(text.onnx_sha256.as_deref(), &name, &fetch_hint)?;
         let context = format!("model \"{name}\": cannot load the text tower {}", onnx.display());
         let session = session::build(&onnx, opts, &context)?;
         let origin = Origin { manifest: source, onnx: onnx_source };
