@@ -71,6 +71,8 @@ pub fn forget(model: &str) {
 /// This connection's memo: entries and the bytes they hold, the copy of the last input
 /// (see `pg_vision_core::memo`), the bounds, hits and misses since the connection
 /// started, and entries evicted to stay within the bounds.
+// pgrx reads the SQL result columns from this signature, so they cannot move into a type alias.
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn pg_vision_memo() -> TableIterator<
     'static,
