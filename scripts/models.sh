@@ -42,8 +42,29 @@ if bad:
 PYEOF
 dest="$("$PG_CONFIG" --sharedir)/pg_vision"
 mkdir -p "$dest"
-for f in models/*.json models/*.onnx; do
+for f in models/*.onnx; do
   [ -e "$f" ] || continue
   cmp -s "$f" "$dest/$(basename "$f")" || { cp "$f" "$dest/"; echo "installed $dest/$(basename "$f")"; }
 done
+# Manifests are installed with the sha256 of every ONNX file present: a manifest that
+# declares none (fclip: its export is not byte-reproducible) is stamped with the file's, so
+# a later half copy or swap in the model directory is caught all the same.
+"$PY" - "$dest" <<'PYEOF'
+import glob, hashlib, json, os, sys
+dest = sys.argv[1]
+for manifest in sorted(glob.glob("models/*.json")):
+    with open(manifest) as f:
+        text = f.read()
+    m = json.loads(text)
+    for tower in (m, m.get("text") or {}):
+        path = os.path.join("models", tower.get("onnx_file", ""))
+        if tower and "onnx_sha256" not in tower and os.path.isfile(path):
+            tower["onnx_sha256"] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+            text = json.dumps(m, indent=2) + "\n"
+    target = os.path.join(dest, os.path.basename(manifest))
+    if not os.path.exists(target) or open(target).read() != text:
+        with open(target, "w") as f:
+            f.write(text)
+        print(f"installed {target}")
+PYEOF
 chmod -R a+rX "$dest"
