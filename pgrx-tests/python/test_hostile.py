@@ -151,8 +151,10 @@ def test_vector_type_ignores_look_alike_catalogs(hostile, chelsea_jpeg):
 # --- 6. cancel --------------------------------------------------------------------------
 
 def embed_then_time_out(conn, image, timeout):
-    """Embeds `image` once untimed, then again under statement_timeout = `timeout`; returns
-    (seconds for the whole embedding, the second call's SQLSTATE, seconds it took)."""
+    """Embeds `image` once untimed, then again under statement_timeout = `timeout`, with the
+    memo off so the second call does the work again; returns (seconds for the whole
+    embedding, the second call's SQLSTATE, seconds it took)."""
+    conn.execute("SET pg_vision.memo_entries = 0")
     conn.execute("SELECT embed_efficientnet(%s)", (TINY_PNG,))  # loads the model
     t0 = time.monotonic()
     conn.execute("SELECT embed_efficientnet(%s)", (image,))
@@ -162,6 +164,7 @@ def embed_then_time_out(conn, image, timeout):
     state, _ = sqlstate(conn, "SELECT embed_efficientnet(%s)", (image,))
     took = time.monotonic() - t0
     conn.execute("RESET statement_timeout")
+    conn.execute("RESET pg_vision.memo_entries")
     return whole, state, took
 
 
