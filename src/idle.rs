@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use pgrx::prelude::*;
 
-use crate::{budget, cache, guc};
+use crate::{budget, cache, guc, memo};
 
 // utils/timeout.h, which pgrx does not bind. USER_TIMEOUT is the first id extensions may
 // register: it moved when PostgreSQL 17 added TRANSACTION_TIMEOUT.
@@ -71,7 +71,12 @@ pub fn used() {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
-    if event != pg_sys::XactEvent::XACT_EVENT_COMMIT && event != pg_sys::XactEvent::XACT_EVENT_ABORT {
+    use pg_sys::XactEvent::{XACT_EVENT_ABORT, XACT_EVENT_COMMIT, XACT_EVENT_PREPARE};
+    if event != XACT_EVENT_COMMIT && event != XACT_EVENT_ABORT && event != XACT_EVENT_PREPARE {
+        return;
+    }
+    memo::clear();
+    if event == XACT_EVENT_PREPARE {
         return;
     }
     let expired = IDLE_EXPIRED.swap(false, Ordering::Relaxed);

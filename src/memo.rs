@@ -1,6 +1,8 @@
 //! This backend's memo of recent embeddings (`pg_vision_core::memo`): `embed_image` and
 //! `embed_text` look their input up before running a model, so a generic plan that
-//! evaluates the call once per row, or a query that writes it twice, embeds once.
+//! evaluates the call once per row, or a query that writes it twice, embeds once. It lasts
+//! one transaction (`clear`): enough for every evaluation of one statement, and nothing
+//! survives into the next client of a pooled connection.
 //!
 //! The key covers everything that changes the result: the model's tower as loaded (its
 //! directory, the identity of its manifest and ONNX files, its threads: `cache::identity`,
@@ -56,6 +58,17 @@ pub fn remembered(
     let v = compute()?;
     MEMO.with(|m| m.borrow_mut().put(model, key, v.clone(), limits));
     Ok(v)
+}
+
+/// Empties the memo (entries and the input copy; the counters stay): called at the end of
+/// every transaction (`idle.rs`), so a pooled connection passes nothing on to the next
+/// client, not even the timing of a hit, and an idle connection holds no memo memory.
+pub fn clear() {
+    MEMO.with(|m| {
+        if let Ok(mut m) = m.try_borrow_mut() {
+            m.clear()
+        }
+    })
 }
 
 /// Drops a model's entries (when it is unloaded).

@@ -9,7 +9,8 @@ with a name, then Bind/Execute). Counted with `calls` in pg_vision_loaded_models
 runs of the model.
 
 Then the memo's promise: a vector computed before a model's manifest or ONNX file changed,
-or before a setting that changes the result, is never served after."""
+or before a setting that changes the result, is never served after, even within the one
+transaction the memo lasts."""
 
 import json
 import os
@@ -79,12 +80,17 @@ def test_named_statements_under_generic_plans_run_the_model_once_per_search(shop
             "SELECT sum(generic_plans) FROM pg_prepared_statements WHERE statement LIKE '%%embed_efficientnet%%'"
         ).fetchone()[0]
         assert generic >= 6, "the statement did not run under a generic plan"
-        # The same upload again: not run again, same answer.
+        # The same upload again in one transaction: not run again, same answer. The memo
+        # lasts one transaction: the next one runs the model again.
         img = uploads(1, 100)[0]
+        with shop.transaction():
+            first = shop.execute(README_SEARCH, {"img": img}, prepare=True).fetchall()
+            before = calls(shop)
+            again = shop.execute(README_SEARCH, {"img": img}, prepare=True).fetchall()
+            assert calls(shop) == before and again == first
         before = calls(shop)
-        again = shop.execute(README_SEARCH, {"img": img}, prepare=True).fetchall()
-        assert calls(shop) == before
-        assert [r[0] for r in again] == [r[0] for r in shop.execute(README_SEARCH, {"img": img}).fetchall()]
+        shop.execute(README_SEARCH, {"img": img}, prepare=True).fetchall()
+        assert calls(shop) == before + 1
     finally:
         shop.execute("RESET plan_cache_mode")
 
@@ -122,39 +128,39 @@ def replace(path, write):
 
 def test_a_changed_manifest_is_never_answered_from_the_memo(superuser, private_models):
     img = photos.jpeg_1000()
-    first = embed(superuser, img)
-    assert embed(superuser, img) == first and calls(superuser) == 1
-    manifest = os.path.join(private_models, "efficientnet.json")
-    recipe = json.load(open(manifest))
-    recipe["mean"] = [100.0, 100.0, 100.0]
-    replace(manifest, lambda p: json.dump(recipe, open(p, "w")))
-    changed = embed(superuser, img)
-    assert changed != first, "the vector computed under the old manifest was served"
-    assert calls(superuser) == 1, "the model was not loaded again for its new manifest"
+    with superuser.transaction():
+        first = embed(superuser, img)
+        assert embed(superuser, img) == first and calls(superuser) == 1
+        manifest = os.path.join(private_models, "efficientnet.json")
+        recipe = json.load(open(manifest))
+        recipe["mean"] = [100.0, 100.0, 100.0]
+        replace(manifest, lambda p: json.dump(recipe, open(p, "w")))
+        changed = embed(superuser, img)
+        assert changed != first, "the vector computed under the old manifest was served"
+        assert calls(superuser) == 1, "the model was not loaded again for its new manifest"
 
 
 def test_new_weights_under_the_same_name_are_loaded_and_used(superuser, private_models):
     img = photos.jpeg_1000()
-    first = embed(superuser, img)
-    onnx = os.path.join(private_models, "efficientnet-lite0.onnx")
-    replace(onnx, lambda p: shutil.copy(os.path.join(photos.REPO, "models", "efficientnet-lite0.onnx"), p))
-    hits, misses = superuser.execute("SELECT hits, misses FROM pg_vision_memo()").fetchone()
-    again = embed(superuser, img)
-    assert superuser.execute("SELECT hits, misses FROM pg_vision_memo()").fetchone() == (hits, misses + 1), (
-        "the vector computed with the old file was served"
-    )
-    assert calls(superuser) == 1, "the new file was not loaded"
+    with superuser.transaction():
+        first = embed(superuser, img)
+        onnx = os.path.join(private_models, "efficientnet-lite0.onnx")
+        replace(onnx, lambda p: shutil.copy(os.path.join(photos.REPO, "models", "efficientnet-lite0.onnx"), p))
+        hits, misses = superuser.execute("SELECT hits, misses FROM pg_vision_memo()").fetchone()
+        again = embed(superuser, img)
+        assert superuser.execute("SELECT hits, misses FROM pg_vision_memo()").fetchone() == (hits, misses + 1), (
+            "the vector computed with the old file was served"
+        )
+        assert calls(superuser) == 1, "the new file was not loaded"
     assert again == first  # the same weights in a new file: the same vector, computed again
 
 
 def test_a_setting_that_changes_the_result_is_a_new_key(superuser, private_models):
     big = photos.encode(photos.collage(3072, 2304), "JPEG", quality=90)  # DCT scaling applies to it
-    superuser.execute("SET pg_vision.jpeg_dct_scaling = on")
-    scaled = embed(superuser, big)
-    superuser.execute("SET pg_vision.jpeg_dct_scaling = off")
-    try:
+    with superuser.transaction():
+        superuser.execute("SET LOCAL pg_vision.jpeg_dct_scaling = on")
+        scaled = embed(superuser, big)
+        superuser.execute("SET LOCAL pg_vision.jpeg_dct_scaling = off")
         full = embed(superuser, big)
-    finally:
-        superuser.execute("RESET pg_vision.jpeg_dct_scaling")
     assert full != scaled
     assert calls(superuser) == 2

@@ -11,8 +11,8 @@ in pg_vision_loaded_models()), with the memo on (the default) and off: off shows
 memo saves.
 
 Then what a memo lookup costs against what it saves, for a big upload (a 4096x3072 JPEG of
-about 8 MB): its round trip alone (SELECT octet_length($1)), its embedding when new (hash,
-decode, inference) and again (hash and lookup), p50 of each. The hash alone is measured by
+about 8 MB), in one transaction: its round trip alone (SELECT octet_length($1)), its
+embedding when new (hash, decode, inference) and again (hash and lookup), p50 of each. The hash alone is measured by
 `cargo run --release -p pg_vision_core --example memo_bench`.
 
 Usage: scripts/bench/forms.py [--iterations 30] [--threads 2] [--json FILE]
@@ -118,11 +118,12 @@ def memo_cost(conn, iterations):
     transfer, miss, hit = [], [], []
     for i in range(iterations):
         upload = big + struct.pack(">I", i)
-        for out, sql in ((transfer, "SELECT octet_length(%s)"), (miss, "SELECT embed_efficientnet(%s) IS NULL"),
-                         (hit, "SELECT embed_efficientnet(%s) IS NULL")):
-            start = time.perf_counter()
-            conn.execute(sql, (upload,), prepare=True, binary=True).fetchone()
-            out.append((time.perf_counter() - start) * 1e3)
+        with conn.transaction():  # the memo lasts one transaction
+            for out, sql in ((transfer, "SELECT octet_length(%s)"), (miss, "SELECT embed_efficientnet(%s) IS NULL"),
+                             (hit, "SELECT embed_efficientnet(%s) IS NULL")):
+                start = time.perf_counter()
+                conn.execute(sql, (upload,), prepare=True, binary=True).fetchone()
+                out.append((time.perf_counter() - start) * 1e3)
     return {"upload_bytes": len(big), "transfer_p50_ms": statistics.median(transfer),
             "miss_p50_ms": statistics.median(miss), "hit_p50_ms": statistics.median(hit)}
 

@@ -5,7 +5,7 @@
 -- to generic plans after five executions; a generic plan cannot fold the IMMUTABLE call and
 -- evaluates it for the ORDER BY key and again for every row. Counted, not timed: `calls`
 -- in pg_vision_loaded_models() counts the runs of the model, which the memo
--- (pg_vision_memo()) saves.
+-- (pg_vision_memo(); it lasts one transaction) saves.
 \getenv helpers PGV_REGRESS_HELPERS
 \i :helpers
 CREATE TABLE shots (id int PRIMARY KEY, emb vector(1280));
@@ -89,21 +89,31 @@ SELECT entries, bytes FROM pg_vision_memo();
 RESET pg_vision.memo_entries;
 SELECT pg_temp.inferences('twice', 'force_generic_plan', 2) AS generic_with_memo;
 
--- The same upload again is not run again; a changed setting that alters the result is a
--- new key, so it never gets the vector computed under the old one.
+-- Within a transaction, the same upload again is not run again; a changed setting that
+-- alters the result is a new key, so it never gets the vector computed under the old one.
+-- The memo is emptied when the transaction ends.
 SELECT pg_vision_unload('efficientnet');
+BEGIN;
 SELECT embed_efficientnet(img) IS NOT NULL AS first, embed_efficientnet(img) IS NOT NULL AS again FROM upload;
 SELECT calls FROM pg_vision_loaded_models() WHERE name = 'efficientnet';
-SET pg_vision.jpeg_dct_scaling = off;
+SET LOCAL pg_vision.jpeg_dct_scaling = off;
 SELECT embed_efficientnet(img) IS NOT NULL AS other_setting FROM upload;
 SELECT calls FROM pg_vision_loaded_models() WHERE name = 'efficientnet';
-RESET pg_vision.jpeg_dct_scaling;
+SET LOCAL pg_vision.jpeg_dct_scaling = on;
+SELECT embed_efficientnet(img) IS NOT NULL AS first_setting_again FROM upload;
+SELECT calls FROM pg_vision_loaded_models() WHERE name = 'efficientnet';
+SELECT entries, last_input_bytes > 0 AS input_copied FROM pg_vision_memo();
+COMMIT;
+SELECT entries, bytes, last_input_bytes FROM pg_vision_memo();
+SELECT embed_efficientnet(img) IS NOT NULL AS next_transaction FROM upload;
+SELECT calls FROM pg_vision_loaded_models() WHERE name = 'efficientnet';
 
 -- Bounded in entries (and bytes: pg_vision.memo_memory, superuser-set), visible.
-SET pg_vision.memo_entries = 2;
+BEGIN;
+SET LOCAL pg_vision.memo_entries = 2;
 SELECT count(embed_efficientnet(img || int4send(n))) FROM upload, generate_series(1, 5) n;
 SELECT entries, max_entries, bytes <= max_bytes AS within_bytes, evictions >= 3 AS evicted FROM pg_vision_memo();
-RESET pg_vision.memo_entries;
+COMMIT;
 SELECT name, setting, unit, context FROM pg_settings WHERE name IN ('pg_vision.memo_entries', 'pg_vision.memo_memory') ORDER BY name;
 
 -- What the planner is told a call costs (in cpu_operator_cost units; README, "Search queries").
