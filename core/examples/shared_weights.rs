@@ -27,6 +27,7 @@
 //!   (`file`: mapped model files) and `commit` (VmData: private writable mappings, charged
 //!   against the commit limit under `vm.overcommit_memory = 2` even when their pages are
 //!   shared), each above a baseline child's;
+//! - `load ms`: how long the session took to build in the child alone (first run excluded);
 //! - latency: one process holding one session of every variant, `--threads` intra-op threads
 //!   each, 10 warm-up runs then `--runs` runs taken in turns (run i of every variant, then run
 //!   i + 1), so that every variant meets the same load from the rest of the machine: p50, p90,
@@ -272,10 +273,13 @@ fn memory() -> Vec<u64> {
     FIELDS.iter().map(|f| kb_field(&rollup, f)).chain([kb_field(&status, "VmData")]).collect()
 }
 
-/// A child holding one session: loads, says "ready", reports its memory when the parent
+/// A child holding one session: loads, says "ready" and how long the session took to build
+/// (ms, first inference excluded), reports its memory when the parent
 /// writes a line, exits when the parent closes its stdin.
 fn child(v: &Variant, file: &Path, threads: usize) {
+    let start = Instant::now();
     let mut loaded = build(v, file, threads);
+    let load_ms = start.elapsed().as_secs_f64() * 1e3;
     if let Some(l) = loaded.as_mut() {
         let (name, input) = l.input();
         l.run(&name, &input);
@@ -283,7 +287,7 @@ fn child(v: &Variant, file: &Path, threads: usize) {
     pg_vision_core::heap::release_free_pages();
     let mut stdin = std::io::stdin().lock();
     let mut line = String::new();
-    println!("ready");
+    println!("ready {load_ms}");
     stdin.read_line(&mut line).unwrap();
     let m: Vec<String> = memory().iter().map(u64::to_string).collect();
     println!("{}", m.join(" "));
@@ -364,13 +368,19 @@ fn spawn(args: &[String]) -> Running {
 }
 
 /// Starts `n` children of `v` one after another, each once the previous one is ready, then
-/// has all of them read their memory; returns each one's `FIELDS`.
-fn measure(v: &Variant, file: &Path, n: usize, threads: usize) -> Vec<Vec<u64>> {
+/// has all of them read their memory; returns each one's figures (`memory`) and the first
+/// one's load time (ms).
+fn measure(v: &Variant, file: &Path, n: usize, threads: usize) -> (Vec<Vec<u64>>, f64) {
     let args = ["--child".into(), v.name.into(), file.display().to_string(), threads.to_string()];
     let mut running: Vec<Running> = Vec::new();
-    for _ in 0..n {
+    let mut load_ms = 0.0;
+    for i in 0..n {
         let mut r = spawn(&args);
-        assert_eq!(line(&mut r.stdout), "ready");
+        let ready = line(&mut r.stdout);
+        let ms = ready.strip_prefix("ready ").unwrap_or_else(|| panic!("unexpected \"{ready}\" from a child"));
+        if i == 0 {
+            load_ms = ms.parse().unwrap();
+        }
         running.push(r);
     }
     for r in &mut running {
@@ -382,7 +392,7 @@ fn measure(v: &Variant, file: &Path, n: usize, threads: usize) -> Vec<Vec<u64>> 
         drop(r.stdin);
         r.child.wait_with_output().unwrap();
     }
-    figures
+    (figures, load_ms)
 }
 
 /// p50, p90, paired ratio to the first and output difference for each `(variant, file)`,
@@ -414,7 +424,7 @@ struct Row<'v> {
     v: &'v Variant,
     file: PathBuf,
     size: f64,
-    memory: Option<(f64, f64, f64, f64, f64)>,
+    memory: Option<(f64, f64, f64, f64, f64, f64)>,
 }
 
 fn main() {
@@ -458,7 +468,7 @@ fn main() {
     }
 
     let (base1, base_n) = if memory {
-        (measure(&BASELINE, &model, 1, threads), measure(&BASELINE, &model, n, threads))
+        (measure(&BASELINE, &model, 1, threads).0, measure(&BASELINE, &model, n, threads).0)
     } else {
         (Vec::new(), Vec::new())
     };
@@ -466,14 +476,15 @@ fn main() {
     let per_proc = |f: &[Vec<u64>], fields: &[usize]| fields.iter().map(|&i| sum(f, i)).sum::<f64>() / f.len() as f64;
     for row in rows.iter_mut().filter(|_| memory) {
         eprintln!("measuring the memory of {} ...", row.v.name);
-        let one = measure(row.v, &row.file, 1, threads);
-        let all = measure(row.v, &row.file, n, threads);
+        let (one, load_ms) = measure(row.v, &row.file, 1, threads);
+        let (all, _) = measure(row.v, &row.file, n, threads);
         row.memory = Some((
             (sum(&one, 1) - b1) / MB,
             (sum(&all, 1) - bn) / MB,
             (per_proc(&all, &[6, 7]) - per_proc(&base_n, &[6, 7])) / MB,
             (per_proc(&all, &[3]) - per_proc(&base_n, &[3])) / MB,
             (per_proc(&all, &[8]) - per_proc(&base_n, &[8])) / MB,
+            load_ms,
         ));
     }
     eprintln!("measuring latency ...");
@@ -490,7 +501,7 @@ fn main() {
         model.display()
     );
     println!(
-        "{:<28} {:>7} | {:>7} {:>7} {:>5} | {:>7} {:>7} {:>7} | {:>7} {:>7} {:>6} {:>7}",
+        "{:<28} {:>7} | {:>7} {:>7} {:>5} | {:>7} {:>7} {:>7} | {:>7} | {:>7} {:>7} {:>6} {:>7}",
         "variant",
         "file MB",
         "1 proc",
@@ -499,6 +510,7 @@ fn main() {
         "private",
         "file",
         "commit",
+        "load ms",
         "p50 ms",
         "p90 ms",
         "vs 1st",
@@ -507,15 +519,19 @@ fn main() {
     for (row, (p50, p90, ratio, diff)) in rows.iter().zip(&times) {
         let vs = (ratio - 1.0) * 100.0;
         let mem = row.memory.map_or_else(
-            || format!("{:>7} {:>7} {:>5} | {:>7} {:>7} {:>7}", "-", "-", "-", "-", "-", "-"),
-            |(one, all, private, file, commit)| {
-                format!("{one:>7.1} {all:>7.1} {:>5.2} | {private:>7.1} {file:>7.1} {commit:>7.1}", all / one)
+            || format!("{:>7} {:>7} {:>5} | {:>7} {:>7} {:>7} | {:>7}", "-", "-", "-", "-", "-", "-", "-"),
+            |(one, all, private, file, commit, load)| {
+                format!(
+                    "{one:>7.1} {all:>7.1} {:>5.2} | {private:>7.1} {file:>7.1} {commit:>7.1} | {load:>7.0}",
+                    all / one
+                )
             },
         );
         println!("{:<28} {:>7.1} | {mem} | {p50:>7.2} {p90:>7.2} {vs:>+5.0}% {diff:>7.1e}", row.v.name, row.size / MB);
     }
     println!("\nMB. PSS increase of one process alone and of N together (ratio N/1); per process, with N: private");
-    println!("bytes, file-backed PSS and commit charge (VmData), each above a baseline process's. vs 1st: the");
+    println!("bytes, file-backed PSS and commit charge (VmData), each above a baseline process's. load ms: the");
+    println!("session build of one process alone (first inference excluded). vs 1st: the");
     println!("median of each run's ratio to the first variant's run of the same turn. max diff: the largest");
     println!("difference between the variant's output and the first variant's.\nvariants:");
     for v in &all_variants {
