@@ -2,13 +2,18 @@
 //! attention mask a CLIP text tower takes (`text_model.rs` runs the tower). No ONNX
 //! Runtime here.
 //!
-//! # Tokenisation, as OpenAI's `clip.tokenize(text, context_length=77, truncate=True)`
+//! # Tokenisation: Hugging Face's `CLIPTokenizerFast`, after OpenAI's clean-up
 //!
-//! 1. Clean-up (OpenAI's `basic_clean` + `whitespace_clean`): an ftfy-like repair
-//!    (`clean_text` lists exactly what is and is not done), HTML entities unescaped twice
-//!    (`html.unescape(html.unescape(text))`), every run of whitespace collapsed to one space,
-//!    leading and trailing whitespace removed.
-//! 2. Lower-casing (Unicode, as Python's `str.lower()`).
+//! The ids are those of Hugging Face's `CLIPTokenizerFast` (what transformers'
+//! `CLIPProcessor` gives), `truncation=True, max_length=77`, on the text after a clean-up
+//! taken from OpenAI's `clip.tokenize`:
+//!
+//! 1. Clean-up (OpenAI's `basic_clean` + `whitespace_clean`, which `CLIPTokenizerFast`
+//!    leaves out): an ftfy-like repair (`clean_text` lists exactly what is and is not
+//!    done), HTML entities unescaped twice (`html.unescape(html.unescape(text))`), every run
+//!    of whitespace collapsed to one space, leading and trailing whitespace removed.
+//! 2. `CLIPTokenizerFast`'s normaliser: NFC, lower case one character at a time
+//!    (`normalize_like_hf`).
 //! 3. Splitting into words with CLIP's pattern
 //!    `'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+` and byte-level BPE on each
 //!    word with OpenAI's vocabulary (`bpe_simple_vocab_16e6.txt`, 49408 ids), through the
@@ -16,19 +21,30 @@
 //! 4. `<|startoftext|>` (49406) + tokens + `<|endoftext|>` (49407), zero padded to
 //!    `context_length`; the attention mask is 1 on those tokens and 0 on the padding.
 //!
+//! `core/tests/tokenizer_equivalence.rs` checks this on 3,093 strings against ids printed by
+//! `CLIPTokenizerFast` (`scripts/tokenizer_fixture.py`): 2,317 give exactly its ids; the
+//! others change under the clean-up (HTML entities, curly quotes, ligatures, full-width
+//! ASCII, control and invisible characters) or hold a special-token string (below), and
+//! give its ids on the cleaned text. OpenAI's tokeniser differs in two more ways, where this
+//! follows Hugging Face: it lower-cases with Python's `str.lower` (a final `Σ` is `ς`, here
+//! `σ`), and it runs the whole of `ftfy.fix_text` (mojibake repair, more ligatures,
+//! half-width katakana, entities ftfy unescapes itself, U+000B removed), not done here.
+//!
 //! **Truncation rule.** When SOT + tokens + EOT is longer than `context_length`, the
 //! sequence is cut to its first `context_length` ids and the last one is replaced by EOT:
 //! SOT, the first `context_length - 2` text tokens, EOT (OpenAI's `truncate=True`:
 //! `tokens = tokens[:context_length]; tokens[-1] = eot_token`; Hugging Face's
-//! `CLIPTokenizer(truncation=True, max_length=77)` gives the same ids). A word can be cut in
-//! the middle of its BPE pieces. `tokenize` reports it (`truncated`), so a caller can warn;
-//! a text is rejected for its length only over `MAX_TEXT_BYTES` (1 MiB, see below).
+//! `CLIPTokenizerFast(truncation=True, max_length=77)` gives the same ids, checked by the
+//! fixture's generator). A word can be cut in the middle of its BPE pieces. `tokenize`
+//! reports it (`truncated`), so a caller can warn; a text is rejected for its length only
+//! over `MAX_TEXT_BYTES` (1 MiB, see below).
 //!
-//! **One deliberate difference:** user text never produces the special ids. OpenAI's
-//! tokeniser turns the literal string `<|endoftext|>` inside the text into 49407 (and the
-//! crate its own spelling `<end_of_text>`); here both are ordinary text, split and encoded
-//! like any other characters. Hugging Face CLIP models pool the text at the first
-//! argmax of the ids, so an injected EOT would silently cut the query short.
+//! **Special tokens:** user text never produces the special ids. Hugging Face's and OpenAI's
+//! tokenisers turn the literal string `<|endoftext|>` inside the text into 49407 (Hugging
+//! Face also `<|ENDOFTEXT|>`; the crate its own spelling `<end_of_text>`); here they are
+//! ordinary text, split and encoded like any other characters (`CLIPTokenizerFast` with
+//! `split_special_tokens=True`, transformers 4.46). Hugging Face CLIP models pool the text
+//! at the first argmax of the ids, so an injected EOT would silently cut the query short.
 //!
 //! Hugging Face CLIP text graphs find the EOT position with `argmax(input_ids)` inside the
 //! graph: that only needs the ids to be the real CLIP ids, as int64, which they are.
@@ -236,6 +252,26 @@ fn html_unescape(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// CLIPTokenizerFast's normaliser on the cleaned text: NFC, then lower case (its whitespace
+/// rule, runs of `\s` to one space, `clean_text` has applied already).
+///
+/// NFC again because the clean-up can leave text that is not NFC: an unescaped `&#x301;`
+/// after a letter, a control character removed from between a letter and a combining
+/// mark; Hugging Face composes them (`cafe&#x301;` is `café`).
+///
+/// Lower case one character at a time (`char::to_lowercase`), as the `tokenizers`
+/// library's `Lowercase` does: a final capital sigma becomes `σ`, where Python's
+/// `str.lower` (OpenAI's tokeniser) and Rust's `str::to_lowercase` give `ς` by context
+/// ("ΟΔΟΣ" is "οδοσ", two different tokens).
+fn normalize_like_hf(cleaned: &str) -> String {
+    let composed: Cow<'_, str> = if is_nfc_quick(cleaned.chars()) == IsNormalized::Yes {
+        Cow::Borrowed(cleaned)
+    } else {
+        Cow::Owned(cleaned.nfc().collect())
+    };
+    composed.chars().flat_map(char::to_lowercase).collect()
+}
+
 /// Longest token of the CLIP vocabulary, in bytes of text: `😂` eight times (4 x 8 bytes).
 /// Measured over all 49406 ids with the crate's own decoder (test
 /// `longest_token_bytes_is_the_vocabulary_s`).
@@ -289,7 +325,9 @@ pub fn tokenize_checked(
         }));
     }
     check_stop(stop)?;
-    let text = clean_text_checked(text, stop)?.to_lowercase();
+    let cleaned = clean_text_checked(text, stop)?;
+    check_stop(stop)?;
+    let text = normalize_like_hf(&cleaned);
     check_stop(stop)?;
     let tokenizer = &*TOKENIZER;
     let cap = word_cap(room);
@@ -355,6 +393,20 @@ mod tests {
         assert_eq!(&ids("I'm fine, thanks!")[..5], &[49406, 328, 880, 3797, 267]);
         assert_eq!(ids("hello world!!!"), [49406, 3306, 1002, 995, 49407]);
         assert_eq!(ids("A person riding a motorcycle"), [49406, 320, 2533, 6765, 320, 10297, 49407]);
+    }
+
+    /// Two rules of Hugging Face's CLIPTokenizerFast normaliser that the clean-up alone missed
+    /// (found by `core/tests/tokenizer_equivalence.rs`; ids printed by CLIPTokenizerFast).
+    #[test]
+    fn normalised_as_hugging_face() {
+        // Lower case per character: a final capital sigma is σ (139, 481), not ς (139, 480).
+        assert_eq!(ids("ΟΔΟΣ"), [49406, 138, 123, 138, 112, 138, 123, 139, 481, 49407]);
+        assert_eq!(ids("ΟΔΟΣ"), ids("οδοσ"));
+        assert_ne!(ids("ΟΔΟΣ"), ids("οδος"));
+        // NFC after the clean-up: composed across an unescaped mark or a removed control.
+        assert_eq!(ids("cafe&#x301;"), ids("café"));
+        assert_eq!(ids("cafe\u{7}\u{301}"), ids("café"));
+        assert_eq!(ids("Ａ\u{30a}"), ids("å"), "full-width A made ASCII, then composed");
     }
 
     #[test]
