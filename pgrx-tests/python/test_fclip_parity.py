@@ -90,10 +90,11 @@ def write_request(folder, manifest, corpus, texts):
             f.write(data)
         reference_embed.picture(manifest, Image.open(io.BytesIO(data))).save(os.path.join(folder, "decoded", key + ".png"))
         tensors.append(reference_embed.preprocess(manifest, Image.open(io.BytesIO(data)))[0])
-    np.save(os.path.join(folder, "tensors.npy"), np.stack(tensors))
+    tensors = np.stack(tensors)
+    np.save(os.path.join(folder, "tensors.npy"), tensors)
     with open(os.path.join(folder, "captions.json"), "w", encoding="utf-8") as f:
         json.dump(texts, f, ensure_ascii=False)
-    return np.stack(tensors)
+    return tensors
 
 
 @pytest.fixture(scope="module")
