@@ -6,7 +6,7 @@ help:
 	@echo "make demo    set up everything, start PostgreSQL, embed and search real photos"
 	@echo "make test    set up everything and run every test"
 	@echo "make bench   benchmarks through SQL, release build (scripts/bench.sh)"
-	@echo "make setup | install | models | start | stop | psql | fclip | clean"
+	@echo "make setup | install | models | start | stop | psql | fclip | fclip-fixture | clean"
 
 setup:
 	scripts/setup.sh
@@ -43,8 +43,13 @@ bench: setup
 fclip: setup
 	scripts/fetch_fclip.sh
 
+# Fashion-CLIP's architecture with random weights, exported and installed offline (make test
+# runs it; torch + transformers in their own venv, a few GB, once).
+fclip-fixture: setup
+	scripts/fclip_fixture.sh
+
 clean:
 	-scripts/pg.sh stop
 	cargo clean
 
-.PHONY: help setup install models start stop psql demo test bench fclip clean
+.PHONY: help setup install models start stop psql demo test bench fclip fclip-fixture clean

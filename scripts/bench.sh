@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Benchmarks the installed (release) build through SQL (the drivers are in scripts/bench/):
-# single and batch latency (latency.py, 1 and 2 intra-op threads), trigger ingestion and
-# search (shop.py), search by upload in every query form under custom and generic plans
-# (forms.py), against the Python service pg_vision replaced (versus.py, which starts
-# service.py), ONNX Runtime session options and the memo's hashing (Rust examples in
-# core/examples/), first-call latency with and without preload (preload_latency.py),
-# 8 clients under a tight memory budget (load.py) and the peak memory of one decode at the
-# pixel limit (decode_peak_memory.py). Results in bench-results/ and on the terminal.
+# single and batch latency (latency.py, 1 and 2 intra-op threads), Fashion-CLIP's
+# architecture against PyTorch and Python onnxruntime (fclip.py, on the random-weight
+# fixture), trigger ingestion and search (shop.py), search by upload in every query form
+# under custom and generic plans (forms.py), against the Python service pg_vision replaced
+# (versus.py, which starts service.py), ONNX Runtime session options and the memo's hashing
+# (Rust examples in core/examples/), first-call latency with and without preload
+# (preload_latency.py), 8 clients under a tight memory budget (load.py) and the peak memory
+# of one decode at the pixel limit (decode_peak_memory.py). Results in bench-results/ and on
+# the terminal.
 # Usage: scripts/bench.sh [latency.py args]
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
@@ -17,6 +19,9 @@ for t in 1 2; do
   say "latency, $t intra-op thread(s)"
   "$PY" scripts/bench/latency.py --threads "$t" --json "bench-results/latency-threads$t.json" "$@"
 done
+say "Fashion-CLIP's architecture (random weights): SQL against PyTorch and Python onnxruntime, 2 threads"
+"$REPO/scripts/fclip_fixture.sh" >/dev/null
+"$PY" scripts/bench/fclip.py --threads 2 --json bench-results/fclip.json
 say "shop: ingestion through the trigger, search"
 "$PY" scripts/bench/shop.py --json bench-results/shop.json
 say "search by upload in every query form, custom and generic plans"

@@ -26,6 +26,9 @@ fi
 
 VENV="$STATE/venv"
 PY="$VENV/bin/python"
+# torch + transformers live apart (several GB; scripts/fclip_venv.sh makes it when needed).
+FCLIP_VENV="$STATE/fclip-venv"
+FCLIP_PY="$FCLIP_VENV/bin/python"
 # The venv's site-packages, lib/python3.X/ for whichever python3 made it: found by a glob
 # (no process started: this file is sourced by every script); asked of Python only before
 # the venv exists (setup.sh sources this first) or if two versions left folders there.

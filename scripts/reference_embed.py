@@ -28,8 +28,8 @@ prints one JSON line per image: {"file": ..., "vector": [...]} (plus "tensor", t
 preprocessed input, with --dump-tensor). `--output` names the main output "embedding" or a
 key of the manifest's extra_outputs.
 
-As a module: embed(manifest_path, model_dir, image_bytes_list, output=None) and
-preprocess(manifest, pil_image).
+As a module: embed(manifest_path, model_dir, image_bytes_list, output=None),
+preprocess(manifest, pil_image) and picture(manifest, pil_image) (steps 1-2 only).
 """
 
 import argparse
@@ -109,11 +109,14 @@ def _center_crop(manifest, img):
     return img.crop((left, top, left + cw, top + ch))
 
 
+def picture(manifest, pil_image):
+    """Steps 1 and 2: the upright, 8-bit, opaque RGB picture the recipe resizes."""
+    return _remove_alpha(manifest, _to_8bit(ImageOps.exif_transpose(pil_image)))
+
+
 def preprocess(manifest, pil_image):
     """Apply the manifest's recipe to a decoded Pillow image; return the model input, batch of one."""
-    img = _to_8bit(ImageOps.exif_transpose(pil_image))
-    img = _remove_alpha(manifest, img)
-    img = _resize(manifest, img)
+    img = _resize(manifest, picture(manifest, pil_image))
     if manifest["crop"] == "center":
         img = _center_crop(manifest, img)
 

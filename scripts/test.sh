@@ -4,10 +4,13 @@
 #   1. format and lint: cargo fmt --check, cargo clippy -D warnings (core, then the extension);
 #   2. unit tests of the Postgres-free core (cargo test -p pg_vision_core);
 #   3. #[pg_test]s (cargo pgrx test, debug build in its own cluster);
-#   4. the pg_regress suite (scripts/regress.sh: pgrx-tests/pg_regress);
-#   5. extension upgrades from every released version (scripts/upgrade_test.sh: pgrx-tests/upgrade);
-#   6. the end-to-end pytest suites (pgrx-tests/python): memory budget, cancel, hostile
-#      calls from an ordinary role, parity with the reference pipeline.
+#   4. Fashion-CLIP's architecture with random weights built, exported and installed as
+#      fclip_fixture (scripts/fclip_fixture.sh; its torch venv is made once per state directory);
+#   5. the pg_regress suite (scripts/regress.sh: pgrx-tests/pg_regress);
+#   6. extension upgrades from every released version (scripts/upgrade_test.sh: pgrx-tests/upgrade);
+#   7. the end-to-end pytest suites (pgrx-tests/python): memory budget, cancel, hostile
+#      calls from an ordinary role, parity with the reference pipeline and, for fclip_fixture,
+#      with transformers.
 # Which runner runs what, and how to run one test: pgrx-tests/README.md.
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
@@ -38,6 +41,9 @@ fi
 # pg_test installed a debug build; the SQL and end-to-end suites run on the release build.
 "$REPO/scripts/install.sh"
 "$REPO/scripts/pg.sh" restart
+
+say "Fashion-CLIP's architecture with random weights, exported and installed as fclip_fixture (scripts/fclip_fixture.sh)"
+"$REPO/scripts/fclip_fixture.sh"
 
 say "SQL regression tests (pg_regress: pgrx-tests/pg_regress)"
 "$REPO/scripts/regress.sh"
