@@ -28,19 +28,19 @@ use crate::{guc, idle, memo};
 pub trait Cached: Sized {
     const TOWER: Tower;
     fn from_manifest(dir: &Path, manifest: Manifest, opts: &SessionOptions) -> Result<Self>;
-    fn file_bytes(&self) -> u64;
     fn load_time(&self) -> Duration;
     fn origin(&self) -> &Origin;
     fn intra_threads(&self) -> usize;
+    /// Size of the ONNX file, as it was when loaded.
+    fn file_bytes(&self) -> u64 {
+        self.origin().onnx.id.len
+    }
 }
 
 impl Cached for ImageModel {
     const TOWER: Tower = Tower::Image;
     fn from_manifest(dir: &Path, manifest: Manifest, opts: &SessionOptions) -> Result<Self> {
         ImageModel::from_manifest(dir, manifest, opts)
-    }
-    fn file_bytes(&self) -> u64 {
-        self.file_bytes
     }
     fn load_time(&self) -> Duration {
         self.load_time
@@ -57,9 +57,6 @@ impl Cached for TextModel {
     const TOWER: Tower = Tower::Text;
     fn from_manifest(dir: &Path, manifest: Manifest, opts: &SessionOptions) -> Result<Self> {
         TextModel::from_manifest(dir, manifest, opts)
-    }
-    fn file_bytes(&self) -> u64 {
-        self.file_bytes
     }
     fn load_time(&self) -> Duration {
         self.load_time

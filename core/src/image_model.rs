@@ -9,15 +9,13 @@ use ort::session::Session;
 use ort::value::TensorRef;
 
 use crate::error::{never, Error, Kind, Result};
-use crate::manifest::{Layout, Manifest, Origin, Output, Tower};
+use crate::manifest::{Layout, Manifest, Origin, Output, Source, Tower};
 use crate::output::{self, Item, Rows};
 use crate::session::{self, Arena, SessionOptions};
 
 pub struct ImageModel {
     pub manifest: Manifest,
     session: Session,
-    /// Size of the ONNX file.
-    pub file_bytes: u64,
     /// Wall time of `load`.
     pub load_time: Duration,
     /// The session's intra-op threads (`SessionOptions::intra_threads`).
@@ -56,21 +54,15 @@ impl ImageModel {
         let start = Instant::now();
         let name = &manifest.name;
         let onnx = manifest.onnx_path(dir, Tower::Image)?;
-        let onnx_source = session::source(&onnx, |e| {
+        let onnx_source = Source::of(onnx.clone()).map_err(|e| {
             Error::new(Kind::FileMissing, format!("model \"{name}\": weights file {} is missing ({e})", onnx.display()))
                 .with_hint(format!("create it with: {}", manifest.fetch_hint))
         })?;
         onnx_source.check_sha256(manifest.onnx_sha256.as_deref(), name, &manifest.fetch_hint)?;
         let session = session::build(&onnx, opts, &format!("model \"{name}\": cannot load {}", onnx.display()))?;
         let origin = Origin { manifest: manifest.source.clone(), onnx: onnx_source };
-        let model = ImageModel {
-            manifest,
-            session,
-            file_bytes: origin.onnx.id.len,
-            load_time: Duration::ZERO,
-            intra_threads: opts.intra_threads(),
-            origin,
-        };
+        let model =
+            ImageModel { manifest, session, load_time: Duration::ZERO, intra_threads: opts.intra_threads(), origin };
         model.check_signature()?;
         Ok(ImageModel { load_time: start.elapsed(), ..model })
     }

@@ -9,7 +9,6 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{RunOptions, Session};
 
 use crate::error::{Error, Kind, Result};
-use crate::manifest::Source;
 use crate::runtime;
 
 /// How sessions are built.
@@ -37,12 +36,6 @@ impl SessionOptions {
 
 pub(crate) fn ort_err(kind: Kind, context: &str) -> impl Fn(ort::Error) -> Error + '_ {
     move |e| Error::new(kind, format!("{context}: {e}"))
-}
-
-/// The identity of an ONNX file, taken before it is read, or `missing` made from the I/O
-/// error.
-pub(crate) fn source(onnx: &Path, missing: impl FnOnce(std::io::Error) -> Error) -> Result<Source> {
-    Source::of(onnx.to_path_buf()).map_err(missing)
 }
 
 /// A session for one ONNX file, with pg_vision's options: full graph optimisation (lower

@@ -12,7 +12,7 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::{TensorElementType, TensorRef};
 
 use crate::error::{check_stop, never, Error, Kind, Result};
-use crate::manifest::{Manifest, Origin, TextManifest, Tower};
+use crate::manifest::{Manifest, Origin, Source, TextManifest, Tower};
 use crate::output::{self, Item, Rows};
 use crate::session::{self, Arena, SessionOptions};
 use crate::tokenize::tokenize_checked;
@@ -23,8 +23,6 @@ pub struct TextModel {
     pub name: String,
     pub manifest: TextManifest,
     session: Session,
-    /// Size of the ONNX file.
-    pub file_bytes: u64,
     /// Wall time of `load`.
     pub load_time: Duration,
     /// The session's intra-op threads (`SessionOptions::intra_threads`).
@@ -47,7 +45,7 @@ impl TextModel {
         let onnx = manifest.onnx_path(dir, Tower::Text)?;
         let Manifest { name, fetch_hint, text, source, .. } = manifest;
         let text = text.expect("onnx_path checked the text section");
-        let onnx_source = session::source(&onnx, |e| {
+        let onnx_source = Source::of(onnx.clone()).map_err(|e| {
             Error::new(
                 Kind::FileMissing,
                 format!("model \"{name}\": text weights file {} is missing ({e})", onnx.display()),
@@ -58,9 +56,8 @@ impl TextModel {
         let context = format!("model \"{name}\": cannot load the text tower {}", onnx.display());
         let session = session::build(&onnx, opts, &context)?;
         let origin = Origin { manifest: source, onnx: onnx_source };
-        let (file_bytes, intra_threads) = (origin.onnx.id.len, opts.intra_threads());
-        let model =
-            TextModel { name, manifest: text, session, file_bytes, load_time: Duration::ZERO, intra_threads, origin };
+        let intra_threads = opts.intra_threads();
+        let model = TextModel { name, manifest: text, session, load_time: Duration::ZERO, intra_threads, origin };
         model.check_signature()?;
         Ok(TextModel { load_time: start.elapsed(), ..model })
     }

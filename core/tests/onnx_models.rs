@@ -75,7 +75,7 @@ fn fixture_text_contract_if_available() {
     let text = manifest.text.clone().unwrap();
     let with_text = |text: TextManifest| Manifest { text: Some(text), ..manifest.clone() };
     let mut model = TextModel::load(&dir, "clip_fixture", &opts).unwrap();
-    assert!(model.file_bytes > 0);
+    assert!(model.origin.onnx.id.len > 0);
 
     let long = vec!["dress"; 300].join(" ");
     let texts = [
