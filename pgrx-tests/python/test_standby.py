@@ -234,6 +234,16 @@ def test_search_on_the_standby_equals_the_primarys(searched):
     assert standby_runs[0] == primary_runs[0]
 
 
+def test_a_multi_host_connection_string_routes_searches_to_the_standby(replicas):
+    """libpq's target_session_attrs (psycopg here; Npgsql's Target Session Attributes works
+    alike): the primary listed first, prefer-standby still lands on the standby."""
+    p, s = replicas.primary, replicas.standby
+    hosts = dict(host=f"{p.run},{s.run}", port=f"{p.port},{s.port}")
+    for attrs, standby in (("prefer-standby", True), ("standby", True), ("primary", False), ("read-write", False)):
+        with photos.connect(user=APP, dbname=DB, target_session_attrs=attrs, **hosts) as c:
+            assert c.execute("SELECT pg_is_in_recovery()").fetchone()[0] is standby, attrs
+
+
 # --- text ----------------------------------------------------------------------------------------
 
 def text_vectors(node, texts, user=APP):
