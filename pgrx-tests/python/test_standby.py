@@ -138,10 +138,8 @@ def replicas():
         nodes.append(primary)
         primary.pg("initdb", "-D", primary.data, "-U", "postgres", "--auth=trust", "--encoding=UTF8", "--locale=C")
         # Written before the base backup, so the standby's postgresql.conf has them too.
-        # LEAD: workers. pg_vision.indexer_databases names the test database on both servers.
-        # Until the GUC exists, pg_vision (preloaded) reserves the prefix: each server logs a
-        # WARNING at start ("removing it") and at each reload, and runs without it. Once it
-        # exists, the primary's workers start before the database is created below.
+        # pg_vision.indexer_databases names the test database on both servers: the primary's
+        # workers start before the database is created below (and retry until it exists).
         primary.configure(port=p1, listen_addresses="127.0.0.1", unix_socket_directories=primary.run,
                           shared_preload_libraries="pg_vision", wal_level="replica", hot_standby="on",
                           max_wal_senders=4, pg_vision__indexer_databases=DB)
@@ -405,13 +403,15 @@ def test_backfill_fails_cleanly_on_the_standby(replicas):
 # --- background workers -------------------------------------------------------------------------
 
 def test_the_workers_do_nothing_on_the_standby(replicas):
-    # LEAD: workers. pg_vision's indexer workers start with BgWorkerStart_RecoveryFinished,
-    # so none runs on a standby, though its postgresql.conf names the database. Once the
-    # workers are merged, also assert count > 0 on the primary (whose conf names it too).
-    s = replicas.standby
+    # pg_vision's indexer workers start with BgWorkerStart_RecoveryFinished: both servers'
+    # postgresql.conf name the database, the primary runs them, the standby none.
+    p, s = replicas.primary, replicas.standby
     with open(os.path.join(s.data, "postgresql.conf")) as f:
         assert f"pg_vision.indexer_databases = '{DB}'" in f.read().splitlines()
-    known = s.one("SELECT setting FROM pg_settings WHERE name = 'pg_vision.indexer_databases'")
-    if known is not None:  # the GUC exists (the workers are merged): the standby has the setting
-        assert known[0] == DB
+    assert s.one("SELECT setting FROM pg_settings WHERE name = 'pg_vision.indexer_databases'")[0] == DB
+    # The primary's workers started before the database existed; they retry every 5 s.
+    wait_for("the primary's indexer workers",
+             lambda: p.one("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_vision indexer'")[0] == 2,
+             timeout=30)
     assert s.one("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_vision indexer'")[0] == 0
+    assert s.one("SELECT count(*) FROM pg_vision_indexer_workers()")[0] == 0
