@@ -106,7 +106,9 @@ pub fn retryable(e: &Error) -> bool {
     match e.fact {
         Some(Fact::Fetch(p)) => match p {
             FetchProblem::Resolve | FetchProblem::Connect | FetchProblem::Timeout | FetchProblem::Io => true,
-            FetchProblem::Status(s) => matches!(s, 408 | 425 | 429) || ((500..600).contains(&s) && s != 501 && s != 505),
+            FetchProblem::Status(s) => {
+                matches!(s, 408 | 425 | 429) || ((500..600).contains(&s) && s != 501 && s != 505)
+            }
             FetchProblem::BadAllowlist
             | FetchProblem::BadUrl
             | FetchProblem::NotAllowed
@@ -407,7 +409,9 @@ impl Allowlist {
                 (Pattern::Name(n), Host::Name(h)) if n == h => return Some(Permit::Explicit),
                 (Pattern::Ip(a), Host::Ip(b)) if same_ip(*a, *b) => return Some(Permit::Explicit),
                 (Pattern::Under(d), Host::Name(h))
-                    if h.len() > d.len() + 1 && h.ends_with(d.as_str()) && h.as_bytes()[h.len() - d.len() - 1] == b'.' =>
+                    if h.len() > d.len() + 1
+                        && h.ends_with(d.as_str())
+                        && h.as_bytes()[h.len() - d.len() - 1] == b'.' =>
                 {
                     best = Some(Permit::Wildcard)
                 }
@@ -665,7 +669,11 @@ fn permit(url: &Url, allowlist: &Allowlist, redirected_from: Option<&str>) -> Re
             format!(
                 "add {} to the URL allowlist{}, or store the image's bytes instead of its URL",
                 url.authority(),
-                if url.port == 80 || url.port == 443 { "" } else { " with its port (an entry without a port allows 80 and 443)" }
+                if url.port == 80 || url.port == 443 {
+                    ""
+                } else {
+                    " with its port (an entry without a port allows 80 and 443)"
+                }
             )
         };
         fetch_error(
@@ -699,7 +707,11 @@ fn check_addresses(url: &Url, addresses: &[IpAddr], how: Permit) -> Result<()> {
             return Err(fetch_error(
                 Kind::InvalidArgument,
                 FetchProblem::AddressRefused,
-                format!("host {} of \"{}\" has the {what} address {ip}, which is not fetched", url.host, shown(&url.text)),
+                format!(
+                    "host {} of \"{}\" has the {what} address {ip}, which is not fetched",
+                    url.host,
+                    shown(&url.text)
+                ),
             )
             .with_hint(hint));
         }
@@ -774,9 +786,11 @@ fn resolve_and_connect(
                 ))
             })?;
             let mut seen = Vec::new();
-            found.retain(|ip| !seen.contains(ip) && {
-                seen.push(*ip);
-                true
+            found.retain(|ip| {
+                !seen.contains(ip) && {
+                    seen.push(*ip);
+                    true
+                }
             });
             if found.is_empty() {
                 return Err(Some(fetch_error(
@@ -950,7 +964,9 @@ fn io_error(e: io::Error, url: &Url, policy: &Policy, during: &str) -> Error {
                 FetchProblem::Tls,
                 format!("TLS with {} failed for \"{}\": {tls}", url.host, shown(&url.text)),
             )
-            .with_hint("the server's certificate does not verify against the public root certificates, or its TLS is broken");
+            .with_hint(
+                "the server's certificate does not verify against the public root certificates, or its TLS is broken",
+            );
         }
     }
     fetch_error(Kind::Fetch, FetchProblem::Io, format!("{during} \"{}\" failed: {e}", shown(&url.text)))
@@ -978,7 +994,8 @@ fn protocol_error(url: &Url, why: impl fmt::Display) -> Error {
 /// One line of at most `*budget` bytes (taken from the budget), without its line end.
 fn read_line(r: &mut impl BufRead, budget: &mut u64, url: &Url, policy: &Policy, what: &str) -> Result<Vec<u8>> {
     let mut line = Vec::new();
-    let n = Read::take(&mut *r, *budget).read_until(b'\n', &mut line).map_err(|e| io_error(e, url, policy, "reading"))?;
+    let n =
+        Read::take(&mut *r, *budget).read_until(b'\n', &mut line).map_err(|e| io_error(e, url, policy, "reading"))?;
     *budget -= n as u64;
     if line.last() != Some(&b'\n') {
         return Err(if *budget == 0 {
@@ -1042,7 +1059,10 @@ fn read_head(r: &mut impl BufRead, url: &Url, policy: &Policy) -> Result<Head> {
                     if !value.eq_ignore_ascii_case("identity") {
                         return Err(protocol_error(
                             url,
-                            format!("Content-Encoding \"{}\" (pg_vision asks for and reads uncompressed bodies)", shown(value)),
+                            format!(
+                                "Content-Encoding \"{}\" (pg_vision asks for and reads uncompressed bodies)",
+                                shown(value)
+                            ),
                         ));
                     }
                 }
@@ -1196,8 +1216,9 @@ fn request<'a>(
                 .map_err(|e| bad_url(&url.text, &format!("the host is not a valid TLS server name: {e}")))?,
             Host::Ip(ip) => rustls::pki_types::ServerName::IpAddress((*ip).into()),
         };
-        let conn = rustls::ClientConnection::new(tls_config()?, name)
-            .map_err(|e| fetch_error(Kind::Fetch, FetchProblem::Tls, format!("cannot start TLS with {}: {e}", url.host)))?;
+        let conn = rustls::ClientConnection::new(tls_config()?, name).map_err(|e| {
+            fetch_error(Kind::Fetch, FetchProblem::Tls, format!("cannot start TLS with {}: {e}", url.host))
+        })?;
         Stream::Tls(Box::new(rustls::StreamOwned::new(conn, timed)))
     } else {
         Stream::Plain(timed)
@@ -1259,7 +1280,11 @@ pub fn fetch(url: &str, policy: &Policy, stop: &dyn Fn() -> bool) -> Result<Vec<
                     return Err(fetch_error(
                         Kind::Fetch,
                         FetchProblem::Redirect,
-                        format!("\"{}\" redirects from https to http (\"{}\")", shown(&current.text), shown(&next.text)),
+                        format!(
+                            "\"{}\" redirects from https to http (\"{}\")",
+                            shown(&current.text),
+                            shown(&next.text)
+                        ),
                     ));
                 }
                 redirects += 1;
@@ -1267,7 +1292,11 @@ pub fn fetch(url: &str, policy: &Policy, stop: &dyn Fn() -> bool) -> Result<Vec<
             }
             status => {
                 let reason = if head.reason.is_empty() { String::new() } else { format!(" {}", shown(&head.reason)) };
-                let via = if redirects > 0 { format!(" (redirected from \"{}\")", shown(&first.text)) } else { String::new() };
+                let via = if redirects > 0 {
+                    format!(" (redirected from \"{}\")", shown(&first.text))
+                } else {
+                    String::new()
+                };
                 return Err(fetch_error(
                     Kind::Fetch,
                     FetchProblem::Status(status),
@@ -1353,14 +1382,14 @@ mod tests {
             "febf::1",
             "fec0::1",
             "2001:db8::1",
-            "2001::1",    // Teredo
+            "2001::1",       // Teredo
             "2002:a00:1::1", // 6to4
             "::ffff:127.0.0.1",
             "::ffff:10.1.2.3",
             "::ffff:169.254.169.254",
             "::ffff:100.64.0.1",
-            "::127.0.0.1", // IPv4-compatible
-            "64:ff9b::a00:1", // NAT64 of 10.0.0.1
+            "::127.0.0.1",     // IPv4-compatible
+            "64:ff9b::a00:1",  // NAT64 of 10.0.0.1
             "64:ff9b::7f00:1", // NAT64 of 127.0.0.1
             "64:ff9b:1::1",
             "100::1",
@@ -1433,8 +1462,10 @@ mod tests {
 
     #[test]
     fn allowlist_syntax() {
-        let a = Allowlist::parse(" images.example.com , *.cdn.example.com,host.example.com:8080, 127.0.0.1,[::1]:8080, ::2")
-            .unwrap();
+        let a = Allowlist::parse(
+            " images.example.com , *.cdn.example.com,host.example.com:8080, 127.0.0.1,[::1]:8080, ::2",
+        )
+        .unwrap();
         assert_eq!(
             a.entries,
             vec![
@@ -1475,7 +1506,8 @@ mod tests {
 
     #[test]
     fn allowlist_matching() {
-        let a = Allowlist::parse("images.example.com, *.cdn.example.com, host.example.com:8080, 10.0.0.5, [::1]:81").unwrap();
+        let a = Allowlist::parse("images.example.com, *.cdn.example.com, host.example.com:8080, 10.0.0.5, [::1]:81")
+            .unwrap();
         let p = |url: &str| {
             let u = parse_url(url).unwrap();
             a.permit(&u.host, u.port)
