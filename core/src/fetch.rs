@@ -86,7 +86,7 @@ fn shown(url: &str) -> String {
 
 fn seconds(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{} s", ms / 1000)
     } else {
         format!("{} ms", ms)
@@ -1055,16 +1055,14 @@ fn read_head(r: &mut impl BufRead, url: &Url, policy: &Policy) -> Result<Head> {
                 "transfer-encoding" => {
                     encodings.extend(value.split(',').map(|v| v.trim().to_ascii_lowercase()).filter(|v| !v.is_empty()))
                 }
-                "content-encoding" => {
-                    if !value.eq_ignore_ascii_case("identity") {
-                        return Err(protocol_error(
-                            url,
-                            format!(
-                                "Content-Encoding \"{}\" (pg_vision asks for and reads uncompressed bodies)",
-                                shown(value)
-                            ),
-                        ));
-                    }
+                "content-encoding" if !value.eq_ignore_ascii_case("identity") => {
+                    return Err(protocol_error(
+                        url,
+                        format!(
+                            "Content-Encoding \"{}\" (pg_vision asks for and reads uncompressed bodies)",
+                            shown(value)
+                        ),
+                    ));
                 }
                 "location" => head.location = Some(value.to_string()),
                 _ => {}

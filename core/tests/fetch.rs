@@ -532,3 +532,46 @@ fn https_to_a_server_that_does_not_speak_tls_fails_cleanly() {
     assert!(!fetch::retryable(&e));
     assert!(start.elapsed() < Duration::from_millis(900), "{:?}", start.elapsed());
 }
+
+#[test]
+fn https_certificates_are_verified() {
+    // A real TLS server (rustls) with a self-signed certificate for localhost and
+    // 127.0.0.1 (tests/data/selfsigned_*.der, made with openssl): no public root signs it,
+    // so the fetch must fail in the handshake, having sent the host name (SNI).
+    let cert = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/selfsigned_cert.der")).unwrap();
+    let key = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/selfsigned_key.der")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![rustls::pki_types::CertificateDer::from(cert)],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.into()),
+        )
+        .unwrap();
+    let config = Arc::new(config);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sni = Arc::new(Mutex::new(Vec::new()));
+    let seen = sni.clone();
+    thread::spawn(move || {
+        for mut sock in listener.incoming().flatten() {
+            let mut conn = rustls::ServerConnection::new(config.clone()).unwrap();
+            while conn.is_handshaking() && conn.complete_io(&mut sock).is_ok() {}
+            seen.lock().unwrap().push(conn.server_name().map(str::to_string));
+        }
+    });
+    let start = Instant::now();
+    let url = format!("https://localhost:{port}/img.jpg");
+    let e = fetch::fetch(&url, &policy(&format!("localhost:{port}")), &never).unwrap_err();
+    assert_eq!((e.kind, problem(&e)), (Kind::Fetch, Some(FetchProblem::Tls)), "{e}");
+    assert!(e.message.contains("UnknownIssuer"), "{}", e.message);
+    assert!(start.elapsed() < Duration::from_secs(2));
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(*sni.lock().unwrap(), vec![Some("localhost".to_string())]);
+
+    // By address, too (no SNI for an IP address).
+    let e =
+        fetch::fetch(&format!("https://127.0.0.1:{port}/"), &policy(&format!("127.0.0.1:{port}")), &never).unwrap_err();
+    assert_eq!(problem(&e), Some(FetchProblem::Tls), "{e}");
+}
