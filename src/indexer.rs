@@ -405,16 +405,25 @@ fn one_batch(slot: usize) -> Option<Done> {
         return None;
     };
     // The oldest due row names the table; other workers skip the rows this one locks.
-    let (relation, owner): (Option<pg_sys::Oid>, Option<pg_sys::Oid>) = Spi::get_two(&format!(
-        "SELECT x.relation, x.relowner FROM (SELECT 1) one LEFT JOIN LATERAL (
-           SELECT q.relation::pg_catalog.oid AS relation, c.relowner
-             FROM {schema}.pg_vision_queue q LEFT JOIN pg_catalog.pg_class c ON c.oid = q.relation
-            WHERE q.next_try <= pg_catalog.now() ORDER BY q.id LIMIT 1 FOR UPDATE OF q SKIP LOCKED) x ON true"
+    let relation: Option<pg_sys::Oid> = Spi::get_one(&format!(
+        "SELECT (SELECT q.relation::pg_catalog.oid FROM {schema}.pg_vision_queue q
+                  WHERE q.next_try <= pg_catalog.now() ORDER BY q.id LIMIT 1 FOR UPDATE OF q SKIP LOCKED)"
     ))
-    .unwrap_or((None, None));
+    .unwrap_or(None);
     let Some(relation) = relation else {
         return Some(Done { relation: 0, claimed: 0, embedded: 0, failed: 0, retried: 0 });
     };
+    set_activity(slot, Activity::Embedding, Some(relation.to_u32()));
+    // The table is locked for the batch, as an INSERT would lock it: a DROP or TRUNCATE
+    // waits for the batch, and one in progress makes the worker come back later instead
+    // of failing halfway.
+    // SAFETY: a lock on an oid, released at the end of the transaction.
+    if !unsafe { pg_sys::ConditionalLockRelationOid(relation, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE) } {
+        return Some(Done { relation: relation.to_u32(), claimed: 0, embedded: 0, failed: 0, retried: 0 });
+    }
+    let owner: Option<pg_sys::Oid> =
+        Spi::get_one_with_args("SELECT (SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1)", &[relation.into()])
+            .unwrap_or(None);
     let Some(owner) = owner else {
         // The table was dropped: its queued rows have nothing left to index.
         let claimed: i64 = Spi::get_one_with_args(
@@ -426,7 +435,6 @@ fn one_batch(slot: usize) -> Option<Done> {
         .unwrap_or(0);
         return Some(Done { relation: relation.to_u32(), claimed: claimed as i32, embedded: 0, failed: 0, retried: 0 });
     };
-    set_activity(slot, Activity::Embedding, Some(relation.to_u32()));
     let counts: Vec<i32> = as_owner(owner, || {
         Spi::get_one_with_args::<Vec<i32>>(
             &format!(

@@ -235,6 +235,105 @@ def test_drop_or_truncate_of_a_queued_table(owner, writer, app_role, images, how
         assert c.execute("SELECT count(*) FROM pg_vision_indexer_workers() WHERE state = 'failing'").fetchone()[0] == 0
 
 
+class ImageServer:
+    """A local HTTP server for the URL tests: counts requests per path."""
+
+    def __init__(self, image):
+        import http.server
+
+        self.hits = {}
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server.hits[self.path] = server.hits.get(self.path, 0) + 1
+                port = self.server.server_address[1]
+                if self.path == "/ok.jpg":
+                    self.reply(200, image)
+                elif self.path == "/missing.jpg":
+                    self.reply(404, b"not found")
+                elif self.path == "/busy.jpg":
+                    self.reply(503, b"try later")
+                elif self.path == "/big.jpg":
+                    self.reply(200, b"\xff" * (300 * 1024))
+                elif self.path == "/slow.jpg":
+                    time.sleep(3)
+                    self.reply(200, image)
+                elif self.path == "/to-elsewhere.jpg":
+                    # localhost is not on the allowlist (only 127.0.0.1:port is).
+                    self.send_response(302)
+                    self.send_header("Location", f"http://localhost:{port}/elsewhere.jpg")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                elif self.path == "/to-ok.jpg":
+                    self.send_response(301)
+                    self.send_header("Location", "/ok.jpg")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                else:
+                    self.reply(404, b"")
+
+            def reply(self, status, body):
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+def test_image_urls_fetched_by_the_workers_only_from_the_allowlist(owner, writer, app_role, images, system_settings):
+    server = ImageServer(images[0])
+    try:
+        system_settings.set("pg_vision.url_allowlist", f"127.0.0.1:{server.port}")
+        system_settings.set("pg_vision.url_timeout", "1000")
+        system_settings.set("pg_vision.max_image_bytes", str(200 * 1024))  # /big.jpg is 300 kB
+        system_settings.set("pg_vision.indexer_max_attempts", "2")
+        owner.execute("DROP TABLE IF EXISTS by_url")
+        owner.execute("CREATE TABLE by_url (id int PRIMARY KEY, url text, checksum text, emb vector(1280))")
+        owner.execute("""CREATE TRIGGER embed BEFORE INSERT OR UPDATE OF url ON by_url FOR EACH ROW
+                         EXECUTE FUNCTION pg_vision_embed_trigger('url', 'emb:efficientnet', 'checksum=checksum', 'mode=async')""")
+        owner.execute(f"GRANT SELECT, INSERT, UPDATE ON by_url TO {app_role}")
+        cases = ["/ok.jpg", "/to-ok.jpg", "/missing.jpg", "/busy.jpg", "/big.jpg", "/slow.jpg", "/to-elsewhere.jpg"]
+        t0 = time.monotonic()
+        for i, path in enumerate(cases):
+            writer.execute("INSERT INTO by_url (id, url) VALUES (%s, %s)", (i, server.url(path)))
+        writer.execute("INSERT INTO by_url (id, url) VALUES (99, 'http://169.254.169.254/latest/meta-data/')")
+        # The INSERTs fetched nothing: only the workers do, after the commit.
+        assert time.monotonic() - t0 < 1.0
+        assert writer.execute("SELECT pg_vision_wait_for_indexing('by_url', '60 s')").fetchone()[0]
+        ok = reference([images[0]])[0]
+        got = dict(writer.execute("SELECT id, 1 - (emb <=> %s::vector) FROM by_url WHERE emb IS NOT NULL", (ok,)).fetchall())
+        assert set(got) == {0, 1} and min(got.values()) > 0.9999
+        checksum = writer.execute("SELECT encode(sha256(%s), 'hex')", (images[0],)).fetchone()[0]
+        assert writer.execute("SELECT checksum FROM by_url WHERE id = 0").fetchone()[0] == checksum
+        errors = dict(owner.execute("""SELECT (row_identity->>'id')::int, sqlstate || ' ' || message
+                                         FROM pg_vision_errors WHERE relation = 'by_url'::regclass""").fetchall())
+        assert errors[2].startswith("22000") and "404" in errors[2]      # lasting: recorded at once
+        assert server.hits["/missing.jpg"] == 1
+        assert errors[3].startswith("58030") and "gave up after 2 tries" in errors[3]   # passing: retried
+        assert server.hits["/busy.jpg"] == 2
+        assert errors[4].startswith("54000")                              # over max_image_bytes
+        assert errors[5].startswith("58030") and "gave up after 2 tries" in errors[5]   # timeout
+        assert errors[6].startswith("22023") and "allowlist" in errors[6]               # redirect re-checked
+        assert "/elsewhere.jpg" not in server.hits
+        assert errors[99].startswith("22023")                             # metadata service: not allowed
+    finally:
+        server.close()
+
+
 def test_crash_safety_under_kill_9(owner, writer, app_role, images):
     """kill -9 of a worker mid-import, 20 times: PostgreSQL restarts every backend each time;
     afterwards every committed row has the vector of its current image, and nothing queued
@@ -285,6 +384,9 @@ def test_crash_safety_under_kill_9(owner, writer, app_role, images):
         c.execute("SET search_path = async_test, public")
         assert c.execute("SELECT pg_vision_wait_for_indexing('crash', '120 s')").fetchone()[0]
         rows, vectors = c.execute("SELECT count(*), count(emb) FROM crash").fetchone()
+        present = {i for (i,) in c.execute("SELECT id FROM crash")}
+        assert committed - present == set(), f"committed rows lost: {sorted(committed - present)[:20]}"
+        assert c.execute("SELECT count(*) FROM pg_vision_errors WHERE relation = 'crash'::regclass").fetchone()[0] == 0
         assert rows == len(committed) >= 40
         assert vectors == rows
         assert wrong_rows(c, "crash") == []
