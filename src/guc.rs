@@ -183,24 +183,30 @@ pub fn register() {
         // A list: SET accepts `a, b` unquoted, as for shared_preload_libraries.
         GucFlags::from_bits_retain(pg_sys::GUC_LIST_INPUT as i32),
     );
-    GucRegistry::define_string_guc(
-        c"pg_vision.indexer_databases",
-        c"Comma-separated databases whose asynchronous indexing queue pg_vision's background workers serve (empty: no workers).",
-        c"Needs shared_preload_libraries = 'pg_vision'; read at server start. Workers never run on a hot standby.",
-        &INDEXER_DATABASES,
-        GucContext::Postmaster,
-        GucFlags::from_bits_retain(pg_sys::GUC_LIST_INPUT as i32),
-    );
-    GucRegistry::define_int_guc(
-        c"pg_vision.indexer_workers",
-        c"Background workers per database in pg_vision.indexer_databases.",
-        c"Each takes its own batches; about one per core that indexing may use. Read at server start.",
-        &INDEXER_WORKERS,
-        1,
-        MAX_INDEXER_WORKERS,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
+    // Read at server start only, so defined only then: PostgreSQL refuses a PGC_POSTMASTER
+    // setting defined later (a library loaded by a backend, without shared_preload_libraries,
+    // which starts no workers anyway).
+    // SAFETY: a flag PostgreSQL sets while it loads shared_preload_libraries.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        GucRegistry::define_string_guc(
+            c"pg_vision.indexer_databases",
+            c"Comma-separated databases whose asynchronous indexing queue pg_vision's background workers serve (empty: no workers).",
+            c"Needs shared_preload_libraries = 'pg_vision'; read at server start. Workers never run on a hot standby.",
+            &INDEXER_DATABASES,
+            GucContext::Postmaster,
+            GucFlags::from_bits_retain(pg_sys::GUC_LIST_INPUT as i32),
+        );
+        GucRegistry::define_int_guc(
+            c"pg_vision.indexer_workers",
+            c"Background workers per database in pg_vision.indexer_databases.",
+            c"Each takes its own batches; about one per core that indexing may use. Read at server start.",
+            &INDEXER_WORKERS,
+            1,
+            MAX_INDEXER_WORKERS,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+    }
     GucRegistry::define_int_guc(
         c"pg_vision.indexer_batch_size",
         c"Queued rows a background worker embeds per transaction (through embed_images).",

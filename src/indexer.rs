@@ -173,14 +173,41 @@ thread_local! {
     /// This transaction queued rows.
     static WAKE: Cell<bool> = const { Cell::new(false) };
     static CALLBACK: Cell<bool> = const { Cell::new(false) };
+    /// This backend said once that no worker serves its database.
+    static WARNED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether pg_vision's workers were started for this backend's database.
+fn served_here() -> bool {
+    if !SHARED_ON.load(Ordering::Relaxed) {
+        return false;
+    }
+    // SAFETY: the name of this backend's database, from the catalog.
+    let here = unsafe {
+        let p = pg_sys::get_database_name(pg_sys::MyDatabaseId);
+        if p.is_null() {
+            return false;
+        }
+        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+    };
+    guc::indexer_databases().map(|list| list.contains(&here)).unwrap_or(false)
 }
 
 /// Called by the trigger after it queues a row: when this transaction commits, the
 /// workers of this database are woken. (Before the commit they could not see the row.)
 #[pg_extern(volatile, parallel_restricted)]
 fn pg_vision_wake_indexer() {
-    if !SHARED_ON.load(Ordering::Relaxed) {
-        return; // no shared memory, no workers
+    if !served_here() {
+        if !WARNED.with(|w| w.replace(true)) {
+            pgrx::pg_sys::panic::ErrorReport::new(
+                PgSqlErrorCode::ERRCODE_WARNING,
+                "pg_vision: rows are queued for asynchronous indexing, but no pg_vision background worker serves this database: they stay queued",
+                "pg_vision_wake_indexer",
+            )
+            .set_hint("add this database to pg_vision.indexer_databases (with shared_preload_libraries = 'pg_vision'), then restart the server")
+            .report(PgLogLevel::WARNING);
+        }
+        return;
     }
     WAKE.with(|w| w.set(true));
     if !CALLBACK.with(|c| c.replace(true)) {
