@@ -35,7 +35,7 @@ pub static MEMO_MEMORY: GucSetting<i32> = GucSetting::<i32>::new(2048);
 // Asynchronous indexing (src/indexer.rs).
 pub static INDEXER_DATABASES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static INDEXER_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
-pub static INDEXER_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(16);
+pub static INDEXER_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(32);
 pub static INDEXER_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
 pub static INDEXER_NAPTIME: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static URL_ALLOWLIST: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
