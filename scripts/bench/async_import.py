@@ -130,10 +130,12 @@ def queue_bloat(rows, chunk=10_000):
         elapsed = time.perf_counter() - t0
 
         def stats():
-            live, dead, vacuums, size = c.execute("""
-                SELECT n_live_tup, n_dead_tup, autovacuum_count, pg_total_relation_size(relid)
+            # n_live_tup / n_dead_tup are the statistics' estimates; `rows` is counted.
+            rows_now, live, dead, vacuums, size = c.execute("""
+                SELECT (SELECT count(*) FROM pg_vision_queue), n_live_tup, n_dead_tup, autovacuum_count,
+                       pg_total_relation_size(relid)
                   FROM pg_stat_user_tables WHERE relname = 'pg_vision_queue'""").fetchone()
-            return {"live": live, "dead": dead, "autovacuums": vacuums, "bytes": size}
+            return {"rows": rows_now, "live": live, "dead": dead, "autovacuums": vacuums, "bytes": size}
 
         c.execute("SELECT pg_stat_force_next_flush()")
         right_after = stats()
@@ -177,7 +179,7 @@ def main():
             result["bloat"] = bloat
             for when in ("right_after", "after_70s"):
                 b = bloat[when]
-                print(f"  {when:12} live {b['live']:>7} dead {b['dead']:>7} autovacuums {b['autovacuums']:>3}"
+                print(f"  {when:12} rows {b['rows']:>6} (estimates: live {b['live']:>7} dead {b['dead']:>7}) autovacuums {b['autovacuums']:>3}"
                       f" size {b['bytes'] / 1024:.0f} kB")
             print(f"  ({bloat['rows_per_s']:.0f} rows/s through the queue)")
     finally:
