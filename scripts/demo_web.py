@@ -295,6 +295,15 @@ def default_dsn(dbname, role):
     return f"host=127.0.0.1 port={port} dbname={dbname} user={role}"
 
 
+def check(pool):
+    """(role, 'on' if superuser) of the pool's connections, failing now, clearly, if the
+    server, the role, the catalogue or the role's grants are missing."""
+    with pool.connection() as conn:
+        user, superuser = conn.execute("SELECT current_user, current_setting('is_superuser')").fetchone()
+        conn.execute("SELECT 1 FROM products, product_images LIMIT 1")
+    return user, superuser
+
+
 def bind(host, port, pool, role, quiet):
     try:
         return DemoServer((host, port), pool, role, quiet)
@@ -316,9 +325,13 @@ def main():
     args = ap.parse_args()
     dsn = args.dsn or default_dsn(args.dbname, args.role)
     pool = Pool(dsn)
-    with pool.connection() as conn:  # fail now, clearly, if the role or the catalogue is missing
-        user, superuser = conn.execute("SELECT current_user, current_setting('is_superuser')").fetchone()
-        conn.execute("SELECT 1 FROM products, product_images LIMIT 1")
+    try:
+        user, superuser = check(pool)
+    except psycopg.Error as e:
+        print(f"demo_web.py: {e.diag.message_primary or str(e).strip()}\n"
+              f"  (connecting with: {dsn}; `make demo` or scripts/shop_demo.py makes the catalogue, the role and "
+              f"its grants)", file=sys.stderr)
+        return 1
     if superuser == "on":
         print(f"warning: connected as {user}, a superuser; the demo means to use an application role",
               file=sys.stderr)
