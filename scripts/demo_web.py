@@ -26,6 +26,7 @@ import json
 import os
 import queue
 import re
+import signal
 import sys
 import threading
 import time
@@ -335,6 +336,10 @@ def main():
     if superuser == "on":
         print(f"warning: connected as {user}, a superuser; the demo means to use an application role",
               file=sys.stderr)
+    # Ctrl-C stops it even when started where SIGINT was ignored (a background job); so does
+    # a plain kill.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     server = bind(args.host, args.port, pool, user, args.quiet)
     host, port = server.server_address[:2]
     print(f"pg_vision demo: http://{host}:{port}/   (as role {user}, database {args.dbname}; Ctrl-C stops it)",

@@ -244,10 +244,14 @@ def images_loaded_eventually(driver, selector, timeout=WAIT_S):
         time.sleep(0.1)
 
 
-def test_a_bad_upload_shows_the_database_error(browser, web, tmp_path, health):
+BAD_FILES = {"empty": "empty.jpg", "pdf": "invoice.pdf", "bomb": "bomb.png"}
+
+
+@pytest.mark.parametrize("kind", BAD_UPLOADS)
+def test_a_bad_upload_shows_the_database_error(browser, web, tmp_path, health, kind):
     open_page(browser, web)
-    data, sqlstate, words = bad_upload("pdf")
-    assert upload(browser, tmp_path, "invoice.pdf", data) == "error"
+    data, sqlstate, words = bad_upload(kind)
+    assert upload(browser, tmp_path, BAD_FILES[kind], data) == "error"
     error = browser.find_element("id", "error")
     assert error.is_displayed()
     assert f"SQLSTATE {sqlstate}" in error.text and words in error.text, error.text
@@ -259,7 +263,8 @@ def test_a_bad_upload_shows_the_database_error(browser, web, tmp_path, health):
 
 
 @pytest.mark.parametrize("kind", BAD_UPLOADS)
-def test_bad_uploads_get_the_database_error(web, kind, health):
+def test_bad_uploads_over_http_get_the_database_error(web, kind, health):
+    """The same through the page's API, without a browser: status 422 and the error."""
     data, sqlstate, words = bad_upload(kind)
     status, answer = post(web + "api/search", data)
     assert status == 422 and answer["error"]["sqlstate"] == sqlstate, answer
