@@ -132,16 +132,25 @@ class Pool:
 
     def run(self, query, params=()):
         """(rows, ms the database took: the query's round trip). A connection the server
-        dropped (a restart) is replaced once; errors of the query itself propagate."""
+        dropped (a restart) is replaced once; errors of the query itself (a bad upload)
+        propagate at once, never run twice."""
         for attempt in (1, 2):
-            try:
-                with self.connection() as conn:
+            with self.connection() as conn:
+                try:
                     t0 = time.perf_counter()
                     rows = conn.execute(query, params).fetchall()
                     return rows, (time.perf_counter() - t0) * 1e3
-            except psycopg.OperationalError:
-                if attempt == 2:
-                    raise
+                except psycopg.OperationalError:
+                    if attempt == 2 or not conn.closed:
+                        raise
+            self.drop_idle()  # the server went away: its other connections are gone too
+
+    def drop_idle(self):
+        while True:
+            try:
+                self.idle.get_nowait().close()
+            except queue.Empty:
+                return
 
 
 def db_error(e):

@@ -8,6 +8,7 @@ The module loads a small part of the demo catalogue into a database of its own (
 superuser, with scripts/shop_demo.py's loader), grants the application role pgv_app
 SELECT on it, and runs the page's server on a free port, connected as pgv_app."""
 
+import base64
 import json
 import os
 import re
@@ -242,6 +243,35 @@ def images_loaded_eventually(driver, selector, timeout=WAIT_S):
         if loaded == total or time.monotonic() > deadline:
             return loaded, total
         time.sleep(0.1)
+
+
+def test_a_dropped_photo_is_searched(browser, web, health):
+    """Drag and drop: a drop event carrying a file (an edited rocket photo), as a browser
+    makes it when a file is dropped on the zone."""
+    open_page(browser, web)
+    data = base64.b64encode(edited_copy("rocket.jpg")).decode()
+    browser.execute_script("""
+        document.body.dataset.state = 'sent';
+        const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], 'dropped.jpg', {type: 'image/jpeg'}));
+        document.getElementById('drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true}));
+    """, data)
+    assert wait_state(browser, "done", "error") == "done", browser.find_element("id", "error").text
+    assert shown_results(browser)[0][0] == "rocket"
+    assert "dropped.jpg" in browser.find_element("id", "query-caption").text
+
+
+def test_the_page_outlives_its_database_connections(web, catalogue, health):
+    """The server's backends terminated (as by a restart of PostgreSQL): the next search
+    is answered on a new connection."""
+    assert post(web + "api/search", photos.shipped("coffee.png"))[0] == 200
+    with photos.connect() as c:
+        ended = c.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s "
+                          "AND application_name = 'pg_vision demo web'", (catalogue["database"],)).fetchone()[0]
+    assert ended >= 1
+    status, answer = post(web + "api/search", photos.shipped("coffee.png"))
+    assert status == 200 and answer["results"][0]["name"] == "coffee", answer
 
 
 BAD_FILES = {"empty": "empty.jpg", "pdf": "invoice.pdf", "bomb": "bomb.png"}

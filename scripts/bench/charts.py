@@ -30,11 +30,16 @@ COLOURS = {"pg_vision": "#1f5fa8", "service": "#d9822b"}
 LABELS = {"pg_vision": "pg_vision (in the database)", "service": "replaced service (FastAPI + onnxruntime + pgvector)"}
 
 
-def load(path):
+def read(path):
     if not os.path.exists(path):
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def load(settings):
+    """The machine's load average around the run (other work on the cores skews every figure)."""
+    return f"load average {settings['loadavg_before']:g} before, {settings['loadavg_after']:g} after"
 
 
 def footnote(fig, path, text):
@@ -62,7 +67,7 @@ def latency_chart(versus, path, out):
     ax.legend(fontsize=8, loc="upper left")
     ax.margins(y=0.15)
     footnote(fig, path, f"{s['iterations']} searches per side, {s['image']}, {s['rows']} rows HNSW, "
-                        f"{s['threads']} intra-op threads, {s['nproc']} cores")
+                        f"{s['threads']} intra-op threads, {s['nproc']} cores, {load(s)}")
     return save(fig, out, "latency.png")
 
 
@@ -74,8 +79,10 @@ def throughput_chart(versus, path, out):
     for side in ("pg_vision", "service"):
         values = [p[side]["searches_per_s"] for p in curve]
         ax.plot(clients, values, marker="o", label=LABELS[side], color=COLOURS[side])
+        above = side == "pg_vision"  # labels on either side of the lines, so they never overlap
         for x, y in zip(clients, values):
-            ax.annotate(f"{y:.0f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+            ax.annotate(f"{y:.0f}", (x, y), textcoords="offset points", xytext=(0, 7 if above else -8),
+                        ha="center", va="bottom" if above else "top", fontsize=8, color=COLOURS[side])
     ax.set_xscale("log", base=2)
     ax.set_xticks(clients, [str(c) for c in clients])
     ax.set_xlabel("concurrent clients")
@@ -88,7 +95,7 @@ def throughput_chart(versus, path, out):
     ax.legend(fontsize=8, loc="upper left")
     seconds = s.get("sweep_seconds", s["seconds"]) if versus.get("sweep") else s["seconds"]
     footnote(fig, path, f"{seconds:g} s per side and point, {s['image']}, {s['threads']} intra-op threads, "
-                        f"{s['workers']} uvicorn workers, {s['nproc']} cores")
+                        f"{s['workers']} uvicorn workers, {s['nproc']} cores, {load(s)}")
     return save(fig, out, "throughput.png")
 
 
@@ -139,7 +146,7 @@ def main():
     charts = ((latency_chart, "versus.json"), (throughput_chart, "versus.json"), (memory_chart, "memory.json"))
     for draw, source in charts:
         path = os.path.join(args.results, source)
-        figures = load(path)
+        figures = read(path)
         if figures is None:
             print(f"{draw.__name__}: skipped, no {path}")
             continue
