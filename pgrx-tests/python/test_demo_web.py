@@ -223,7 +223,7 @@ def test_an_edited_photo_finds_its_product(browser, web, catalogue, tmp_path, he
     assert results[0][1] > 0.8 and results[0][1] - results[1][1] > 0.3, f"no clear winner: {results}"
     db_ms = float(browser.find_element("id", "db-time").text.split()[0])
     assert 0 < db_ms < 30_000
-    assert images_loaded(browser, "#query-image") == [1, 1]
+    assert images_loaded_eventually(browser, "#query-image") == (1, 1), "the query image is not shown"
     loaded, total = images_loaded_eventually(browser, "#results img")
     assert loaded == total == PHOTOS, "result thumbnails did not load from the database"
     os.makedirs(ARTIFACTS, exist_ok=True)
