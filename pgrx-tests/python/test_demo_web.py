@@ -39,7 +39,7 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 # ones it keeps trying to reach Google's hosts).
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1280,1000"]
+                  "--window-size=1280,1100"]
 WAIT_S = 60
 SERVER_START_S = 30
 
