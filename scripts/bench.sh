@@ -26,6 +26,8 @@ say "Fashion-CLIP's architecture (random weights): SQL against PyTorch and Pytho
 "$PY" scripts/bench/fclip.py --threads 2 --json bench-results/fclip.json
 say "shop: ingestion through the trigger, search"
 "$PY" scripts/bench/shop.py --json bench-results/shop.json
+say "import: trigger mode=sync against mode=async (background workers), queue bloat after 100,000 rows"
+"$PY" scripts/bench/async_import.py --json bench-results/async_import.json
 say "search by upload in every query form, custom and generic plans"
 "$PY" scripts/bench/forms.py --json bench-results/forms.json
 say "versus the replaced service: search by upload, pg_vision against FastAPI + onnxruntime + pgvector"

@@ -276,15 +276,18 @@ def state_dir():
     return out.stdout.strip()
 
 
-def connect(user="postgres", dbname=None, **kwargs):
+def connect(user="postgres", dbname=None, host=None, port=None, **kwargs):
     """A psycopg connection to the project's cluster (unix socket in $STATE/run), autocommit,
-    as `user` (the superuser by default), to `dbname` (by default $PGDATABASE, else pg_vision)."""
+    as `user` (the superuser by default), to `dbname` (by default $PGDATABASE, else pg_vision).
+    `host` and `port` (both) reach another cluster instead (a socket directory and its port)."""
     import psycopg  # imported here so `photos.py --out` works without psycopg
 
-    state = state_dir()
-    with open(os.path.join(state, "port")) as f:
-        port = f.read().strip()
-    return psycopg.connect(host=os.path.join(state, "run"), port=port, user=user,
+    if host is None:
+        state = state_dir()
+        host = os.path.join(state, "run")
+        with open(os.path.join(state, "port")) as f:
+            port = f.read().strip()
+    return psycopg.connect(host=host, port=port, user=user,
                            dbname=dbname or os.environ.get("PGDATABASE", "pg_vision"), autocommit=True, **kwargs)
 
 
@@ -311,11 +314,12 @@ def server(preload=True):
         c.execute("CREATE EXTENSION IF NOT EXISTS pg_vision CASCADE")
 
 
-def alter_system(name, value=None):
+def alter_system(name, value=None, connect=connect):
     """ALTER SYSTEM SET name = value (RESET when value is None) and pg_reload_conf(), then
     waits until a new session sees it. `value` is in the setting's base unit (MB for
     pg_vision.memory_budget), as pg_settings.setting shows it; RESET waits for boot_val
-    (NULL shows as '')."""
+    (NULL shows as ''). `connect`: a superuser connection to another cluster (a function of
+    no arguments); the project's by default."""
     import re
 
     from psycopg import sql

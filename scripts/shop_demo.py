@@ -50,6 +50,14 @@ def edits(img):
     }
 
 
+def customer_photo(name):
+    """An upload that is none of the stored pictures: the product photo `name` cropped,
+    mirrored and rotated, JPEG q75, as a customer's own shot of the product."""
+    img = photos.photo(name).convert("RGB")
+    w, h = img.size
+    return jpeg(ImageOps.mirror(img.crop((30, 20, w - 40, h - 10))).rotate(-5, fillcolor=(255, 255, 255)), 75)
+
+
 def load_catalogue(cur, names):
     cur.execute(open(os.path.join(REPO, "sql", "example_schema.sql")).read())
     cur.execute("TRUNCATE products CASCADE")
@@ -177,9 +185,7 @@ def main():
 
         chelsea = photos.shipped("chelsea.png")
         show_search(cur, "chelsea.png, as stored", chelsea)
-        img = Image.open(io.BytesIO(chelsea)).convert("RGB")
-        w, h = img.size
-        edited = jpeg(ImageOps.mirror(img.crop((30, 20, w - 40, h - 10))).rotate(-5, fillcolor=(255, 255, 255)), 75)
+        edited = customer_photo("chelsea.png")
         show_search(cur, "chelsea, cropped + mirrored + rotated, JPEG q75", edited)
 
         # 100 rows are cheaper to scan than to look up: show the plan as the planner picks

@@ -8,12 +8,20 @@
 --       'embedding_fclip:fclip',
 --       'checksum=checksum',                       -- optional: SHA-256 hex of the image
 --       'on_error=reject',                         -- reject (default) | null
---       'keep_image=true');                        -- false: store NULL instead of the bytes
+--       'keep_image=true',                         -- false: store NULL instead of the bytes
+--       'mode=sync');                              -- sync (default) | async
 --
 -- on_error=reject: a bad image rejects the row with an ERROR naming the row and model.
 -- on_error=null:   the row is stored with NULL embeddings, a WARNING is raised and the
 --                  failure is recorded in pg_vision_errors for a later retry.
 -- On UPDATE the embeddings are recomputed only when the image bytes changed.
+--
+-- mode=async (sql/indexing.sql): the trigger only clears the embedding columns and the
+-- checksum and queues the row (pg_vision_queue); pg_vision's background workers embed it
+-- after the commit. The image column may then also be a URL (text), fetched by the
+-- workers from hosts on pg_vision.url_allowlist. Needs a primary key; failures are
+-- recorded in pg_vision_errors (on_error=null, the only choice: a committed row cannot be
+-- rejected).
 
 CREATE TABLE pg_vision_errors (
     id           bigserial PRIMARY KEY,
@@ -43,13 +51,23 @@ LANGUAGE sql STABLE PARALLEL SAFE
 BEGIN ATOMIC
   SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c WHERE c.oid = rel;
 END;
+-- Whether the current role may insert into or update `rel`, directly or through a
+-- partitioned table above it (a row inserted through the parent is filed under its
+-- partition, on which the role may hold no privilege of its own).
+CREATE FUNCTION pg_vision_may_write(rel regclass) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+  SELECT pg_catalog.has_table_privilege(rel, 'INSERT, UPDATE')
+      OR coalesce((SELECT pg_catalog.bool_or(pg_catalog.has_table_privilege(a.relid, 'INSERT, UPDATE'))
+                     FROM pg_catalog.pg_partition_ancestors(rel) a), false);
+END;
 ALTER TABLE pg_vision_errors ENABLE ROW LEVEL SECURITY;
 CREATE POLICY owner_reads ON pg_vision_errors FOR SELECT
   USING (@extschema@.pg_vision_owns(relation));
 CREATE POLICY owner_deletes ON pg_vision_errors FOR DELETE
   USING (@extschema@.pg_vision_owns(relation));
 CREATE POLICY writer_records ON pg_vision_errors FOR INSERT
-  WITH CHECK (pg_catalog.has_table_privilege(relation, 'INSERT, UPDATE') AND at = pg_catalog.now());
+  WITH CHECK (@extschema@.pg_vision_may_write(relation) AND at = pg_catalog.now());
 GRANT SELECT, INSERT, DELETE ON pg_vision_errors TO PUBLIC;
 GRANT USAGE ON SEQUENCE pg_vision_errors_id_seq TO PUBLIC;
 
@@ -68,7 +86,8 @@ $$;
 CREATE FUNCTION pg_vision_trigger_config(
     rel regclass, args text[], caller text,
     OUT image_column name, OUT targets name[], OUT models text[],
-    OUT checksum_column name, OUT on_error text, OUT keep_image boolean)
+    OUT checksum_column name, OUT on_error text, OUT keep_image boolean,
+    OUT mode text, OUT image_is_url boolean)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   arg text;
@@ -85,16 +104,31 @@ BEGIN
             HINT = 'EXECUTE FUNCTION pg_vision_embed_trigger(''image'', ''embedding:efficientnet'')';
   END IF;
   image_column := args[1];
-  targets := '{}'; models := '{}'; on_error := 'reject'; keep_image := true;
+  targets := '{}'; models := '{}'; keep_image := true;
+  mode := coalesce((SELECT substr(a, 6) FROM unnest(args[2:]) a WHERE a LIKE 'mode=%' LIMIT 1), 'sync');
+  IF mode NOT IN ('sync', 'async') THEN
+    RAISE EXCEPTION '% on %: mode must be sync or async, not "%"', caller, rel, mode
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  on_error := CASE mode WHEN 'async' THEN 'null' ELSE 'reject' END;
   SELECT format_type(atttypid, atttypmod) INTO coltype
     FROM pg_attribute WHERE attrelid = rel AND attname = image_column AND attnum > 0 AND NOT attisdropped;
-  IF coltype IS NULL OR coltype <> 'bytea' THEN
+  image_is_url := mode = 'async' AND coltype IN ('text', 'character varying');
+  IF coltype IS NULL OR (coltype <> 'bytea' AND NOT image_is_url) THEN
     RAISE EXCEPTION '% on %: image column "%" %', caller, rel, image_column,
-      CASE WHEN coltype IS NULL THEN 'does not exist' ELSE 'is ' || coltype || ', not bytea' END
+      CASE WHEN coltype IS NULL THEN 'does not exist'
+           WHEN coltype IN ('text', 'character varying') THEN 'is ' || coltype || ': image URLs need mode=async (the background workers fetch them)'
+           ELSE 'is ' || coltype || ', not bytea (or a text URL with mode=async)' END
       USING ERRCODE = 'undefined_column';
   END IF;
+  IF mode = 'async' AND NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = rel AND indisprimary) THEN
+    RAISE EXCEPTION '% on %: mode=async needs a primary key (the queue names rows by it)', caller, rel
+      USING ERRCODE = 'invalid_table_definition', HINT = 'ALTER TABLE ... ADD PRIMARY KEY, or use mode=sync';
+  END IF;
   FOREACH arg IN ARRAY args[2:] LOOP
-    IF arg LIKE 'checksum=%' THEN
+    IF arg LIKE 'mode=%' THEN
+      CONTINUE;                         -- read above: it decides the defaults
+    ELSIF arg LIKE 'checksum=%' THEN
       checksum_column := substr(arg, 10);
       SELECT format_type(atttypid, atttypmod) INTO coltype
         FROM pg_attribute WHERE attrelid = rel AND attname = checksum_column AND attnum > 0 AND NOT attisdropped;
@@ -109,8 +143,17 @@ BEGIN
         RAISE EXCEPTION '% on %: on_error must be reject or null, not "%"', caller, rel, on_error
           USING ERRCODE = 'invalid_parameter_value';
       END IF;
+      IF mode = 'async' AND on_error = 'reject' THEN
+        RAISE EXCEPTION '% on %: on_error=reject cannot apply with mode=async: the row is committed before it is embedded', caller, rel
+          USING ERRCODE = 'invalid_parameter_value',
+                HINT = 'drop on_error (async records failures in pg_vision_errors), or use mode=sync';
+      END IF;
     ELSIF arg LIKE 'keep_image=%' THEN
       keep_image := substr(arg, 12)::boolean;
+      IF mode = 'async' AND NOT keep_image THEN
+        RAISE EXCEPTION '% on %: keep_image=false cannot apply with mode=async: the workers read the image after the commit', caller, rel
+          USING ERRCODE = 'invalid_parameter_value';
+      END IF;
     ELSIF arg LIKE '%:%' THEN
       col := split_part(arg, ':', 1);
       model := split_part(arg, ':', 2);
@@ -134,7 +177,7 @@ BEGIN
     ELSE
       RAISE EXCEPTION '% on %: cannot understand argument "%"', caller, rel, arg
         USING ERRCODE = 'invalid_parameter_value',
-              HINT = 'arguments: image column, then <vector column>:<model>, checksum=<column>, on_error=reject|null, keep_image=true|false';
+              HINT = 'arguments: image column, then <vector column>:<model>, checksum=<column>, on_error=reject|null, keep_image=true|false, mode=sync|async';
     END IF;
   END LOOP;
   IF array_length(targets, 1) IS NULL THEN
@@ -163,6 +206,8 @@ DECLARE
   old_img bytea;
   vec @extschema:vector@.vector;
   changes jsonb := '{}';
+  present boolean;
+  same boolean;
   i int;
   st text; msg text; hint text;
 BEGIN
@@ -171,6 +216,24 @@ BEGIN
       USING ERRCODE = 'invalid_object_definition';
   END IF;
   cfg := @extschema@.pg_vision_trigger_config(TG_RELID::regclass, TG_ARGV[0:TG_NARGS - 1], 'pg_vision_embed_trigger');  -- slices are 1-based
+  IF cfg.mode = 'async' THEN
+    -- The column may be bytea or a URL (text): compared as what it is.
+    EXECUTE format('SELECT ($1).%1$I IS NOT NULL, ($1).%1$I IS NOT DISTINCT FROM ($2).%1$I', cfg.image_column)
+      USING NEW, OLD INTO present, same;
+    IF TG_OP = 'UPDATE' AND same THEN
+      RETURN NEW;                       -- same image: the stored embeddings are still right
+    END IF;
+    -- Until a worker writes them, the row has no embeddings and no checksum: a search never
+    -- finds it by a vector computed from an image it no longer has.
+    SELECT jsonb_object_agg(c, NULL) INTO changes
+      FROM unnest(cfg.targets || cfg.checksum_column) c WHERE c IS NOT NULL;
+    IF present THEN
+      INSERT INTO @extschema@.pg_vision_queue (relation, trigger_name, row_key)
+      VALUES (TG_RELID::regclass, TG_NAME, @extschema@.pg_vision_row_identity(TG_RELID::regclass, NEW));
+      PERFORM @extschema@.pg_vision_wake_indexer();   -- the workers are woken at COMMIT
+    END IF;
+    RETURN jsonb_populate_record(NEW, changes);
+  END IF;
   EXECUTE format('SELECT ($1).%I', cfg.image_column) USING NEW INTO img;
   IF TG_OP = 'UPDATE' THEN
     EXECUTE format('SELECT ($1).%I', cfg.image_column) USING OLD INTO old_img;

@@ -32,6 +32,14 @@ pub static MODEL_IDLE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(5 * 60 *
 pub static MEMO_ENTRIES: GucSetting<i32> = GucSetting::<i32>::new(128);
 /// Bytes, in kB, that each backend's memo may hold.
 pub static MEMO_MEMORY: GucSetting<i32> = GucSetting::<i32>::new(2048);
+// Asynchronous indexing (src/indexer.rs).
+pub static INDEXER_DATABASES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static INDEXER_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
+pub static INDEXER_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(32);
+pub static INDEXER_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
+pub static INDEXER_NAPTIME: GucSetting<i32> = GucSetting::<i32>::new(1000);
+pub static URL_ALLOWLIST: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static URL_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 
 pub fn register() {
     GucRegistry::define_string_guc(
@@ -175,6 +183,78 @@ pub fn register() {
         // A list: SET accepts `a, b` unquoted, as for shared_preload_libraries.
         GucFlags::from_bits_retain(pg_sys::GUC_LIST_INPUT as i32),
     );
+    // Read at server start only, so defined only then: PostgreSQL refuses a PGC_POSTMASTER
+    // setting defined later (a library loaded by a backend, without shared_preload_libraries,
+    // which starts no workers anyway).
+    // SAFETY: a flag PostgreSQL sets while it loads shared_preload_libraries.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        GucRegistry::define_string_guc(
+            c"pg_vision.indexer_databases",
+            c"Comma-separated databases whose asynchronous indexing queue pg_vision's background workers serve (empty: no workers).",
+            c"Needs shared_preload_libraries = 'pg_vision'; read at server start. Workers never run on a hot standby.",
+            &INDEXER_DATABASES,
+            GucContext::Postmaster,
+            GucFlags::from_bits_retain(pg_sys::GUC_LIST_INPUT as i32),
+        );
+        GucRegistry::define_int_guc(
+            c"pg_vision.indexer_workers",
+            c"Background workers per database in pg_vision.indexer_databases.",
+            c"Each takes its own batches; about one per core that indexing may use. Read at server start.",
+            &INDEXER_WORKERS,
+            1,
+            MAX_INDEXER_WORKERS,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+    }
+    GucRegistry::define_int_guc(
+        c"pg_vision.indexer_batch_size",
+        c"Queued rows a background worker embeds per transaction (through embed_images).",
+        c"",
+        &INDEXER_BATCH_SIZE,
+        1,
+        256,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_vision.indexer_max_attempts",
+        c"Tries of a queued row whose failure may be passing (out of memory, a model missing, a network error) before it is given up and recorded in pg_vision_errors.",
+        c"Tries are 2, 4, 8 ... seconds apart, at most an hour. Bad images are recorded at once.",
+        &INDEXER_MAX_ATTEMPTS,
+        1,
+        100,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_vision.indexer_naptime",
+        c"How often an idle background worker looks at the queue without being woken (rows to retry).",
+        c"New rows wake the workers at COMMIT; this only bounds the wait for retries.",
+        &INDEXER_NAPTIME,
+        10,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_string_guc(
+        c"pg_vision.url_allowlist",
+        c"Hosts the background workers may fetch image URLs from: host, *.domain, host:port, IP literals (empty: none).",
+        c"Loopback, private and link-local addresses only when an entry names them. Set in postgresql.conf or with ALTER SYSTEM.",
+        &URL_ALLOWLIST,
+        GucContext::Sighup,
+        GucFlags::from_bits_retain(pg_sys::GUC_LIST_INPUT as i32),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_vision.url_timeout",
+        c"Time a background worker allows one image URL fetch (connect, redirects, body).",
+        c"",
+        &URL_TIMEOUT,
+        100,
+        600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
     // A misspelt pg_vision.* setting is an error instead of a silently unused placeholder.
     // SAFETY: called once from _PG_init, after every pg_vision setting is defined.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"pg_vision".as_ptr()) };
@@ -243,7 +323,43 @@ pub fn model_idle_timeout_ms() -> i32 {
 /// commas, optional whitespace, double-quoted names); `Err` with a message when the list
 /// is malformed.
 pub fn preload_models() -> Result<Vec<String>, String> {
-    let Some(value) = PRELOAD_MODELS.get() else { return Ok(Vec::new()) };
+    list(&PRELOAD_MODELS, "pg_vision.preload_models")
+}
+
+/// `pg_vision.indexer_databases`, split like `preload_models`.
+pub fn indexer_databases() -> Result<Vec<String>, String> {
+    list(&INDEXER_DATABASES, "pg_vision.indexer_databases")
+}
+
+/// The most background workers per database.
+pub const MAX_INDEXER_WORKERS: i32 = 16;
+
+pub fn indexer_workers() -> usize {
+    INDEXER_WORKERS.get().clamp(1, MAX_INDEXER_WORKERS) as usize
+}
+
+pub fn indexer_batch_size() -> i32 {
+    INDEXER_BATCH_SIZE.get()
+}
+
+pub fn indexer_max_attempts() -> i32 {
+    INDEXER_MAX_ATTEMPTS.get()
+}
+
+pub fn indexer_naptime_ms() -> i64 {
+    INDEXER_NAPTIME.get().into()
+}
+
+pub fn url_allowlist() -> String {
+    setting(&URL_ALLOWLIST)
+}
+
+pub fn url_timeout_ms() -> u64 {
+    URL_TIMEOUT.get().max(1) as u64
+}
+
+fn list(guc: &GucSetting<Option<CString>>, name: &str) -> Result<Vec<String>, String> {
+    let Some(value) = guc.get() else { return Ok(Vec::new()) };
     // SAFETY: SplitGUCList writes into its argument, so it gets a palloc'd copy; the list's
     // elements point into that copy and are copied out before both are freed.
     unsafe {
@@ -259,7 +375,7 @@ pub fn preload_models() -> Result<Vec<String>, String> {
         if ok {
             Ok(names)
         } else {
-            Err(format!("pg_vision.preload_models: invalid list syntax in \"{}\"", value.to_string_lossy()))
+            Err(format!("{name}: invalid list syntax in \"{}\"", value.to_string_lossy()))
         }
     }
 }

@@ -13,7 +13,9 @@
 //! - `warmup.rs`: pg_vision_warmup and pg_vision.preload_models
 //! - `embed.rs`: the embedding functions and the model listings
 //! - `images.rs`: image_info, image_checksum, image_from_base64
+//! - `indexer.rs`: the background workers of asynchronous indexing, and their state
 //! - `../sql/trigger.sql`, `../sql/backfill.sql`: the indexing trigger and the backfill procedure
+//! - `../sql/indexing.sql`: the queue of asynchronous indexing, the workers' batch, the status view
 //! - `../sql/privileges.sql`: what PUBLIC may call, what needs a grant
 
 use pgrx::prelude::*;
@@ -21,9 +23,11 @@ use pgrx::prelude::*;
 mod budget;
 mod cache;
 mod embed;
+mod fetch;
 mod guc;
 mod idle;
 mod images;
+mod indexer;
 mod interrupt;
 mod memo;
 mod memory_views;
@@ -49,6 +53,11 @@ extension_sql_file!(
     requires = [embed::embed_image, "image_checksum", embed::pg_vision_models]
 );
 extension_sql_file!("../sql/backfill.sql", name = "backfill", requires = ["trigger", embed::embed_images]);
+extension_sql_file!(
+    "../sql/indexing.sql",
+    name = "indexing",
+    requires = ["trigger", embed::embed_images, indexer::pg_vision_indexer_batches, indexer::pg_vision_trigger_args]
+);
 // Grants and revokes, after every object exists.
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
@@ -60,6 +69,7 @@ pub extern "C-unwind" fn _PG_init() {
     // SAFETY: a flag PostgreSQL sets while it loads shared_preload_libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         budget::init_shared();
+        indexer::init_shared();
     }
     warmup::install();
 }

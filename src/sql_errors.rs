@@ -2,7 +2,7 @@
 //! wording of the facts the core reports (`pg_vision_core::Fact`): the settings, functions
 //! and set-up commands a user of the extension can act on.
 
-use pg_vision_core::error::LibraryProblem;
+use pg_vision_core::error::{FetchProblem, LibraryProblem};
 use pg_vision_core::{Error, Fact, Kind, Limit};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
@@ -23,7 +23,20 @@ pub fn sqlstate(kind: Kind) -> PgSqlErrorCode {
         Kind::OutOfMemory => ERRCODE_OUT_OF_MEMORY,                  // 53200
         Kind::LimitExceeded => ERRCODE_PROGRAM_LIMIT_EXCEEDED,       // 54000
         Kind::Interrupted => ERRCODE_QUERY_CANCELED,                 // 57014
+        Kind::Fetch => ERRCODE_IO_ERROR,                             // 58030
     }
+}
+
+/// The SQLSTATE of `e`: its kind's, except that a fetch that failed for good (an HTTP error
+/// status like 404, a certificate refused, a broken response) is a data exception (22000),
+/// so that the background workers record it at once instead of retrying it
+/// (`pg_vision_permanent_failure` in sql/indexing.sql); a fetch that may succeed later
+/// (timeout, refused connection, 503) stays 58030.
+fn code(e: &Error) -> PgSqlErrorCode {
+    if e.kind == Kind::Fetch && !pg_vision_core::fetch::retryable(e) {
+        return PgSqlErrorCode::ERRCODE_DATA_EXCEPTION;
+    }
+    sqlstate(e.kind)
 }
 
 /// Where to look for models, in SQL terms.
@@ -40,6 +53,12 @@ pub fn in_sql_terms(mut e: Error) -> Error {
             e.hint = Some("raise pg_vision.max_image_bytes, or downscale the image before sending it".into());
         }
         Fact::OverLimit { .. } => {}
+        Fact::Fetch(FetchProblem::BadAllowlist | FetchProblem::NotAllowed | FetchProblem::AddressRefused) => {
+            e.message.push_str(" (pg_vision.url_allowlist)");
+            e.hint = Some("a superuser adds the host to pg_vision.url_allowlist (postgresql.conf or ALTER SYSTEM, then pg_reload_conf())".into());
+        }
+        Fact::Fetch(FetchProblem::Timeout) => e.message.push_str(" (pg_vision.url_timeout)"),
+        Fact::Fetch(_) => {}
         Fact::NotAnImage => e.hint = Some(format!("{}: image_from_base64(text)", hint(&e))),
         Fact::InvalidModelName => e.hint = Some(format!("{}; {LIST_MODELS} lists them", hint(&e))),
         Fact::NoTextTower => e.hint = Some(format!("{}; {LIST_MODELS} lists the models", hint(&e))),
@@ -75,7 +94,7 @@ pub fn in_sql_terms(mut e: Error) -> Error {
 /// Raises `e` as an ERROR, in SQL terms. Does not return.
 pub fn raise(e: Error) -> ! {
     let e = in_sql_terms(e);
-    let mut report = ErrorReport::new(sqlstate(e.kind), e.message, "pg_vision");
+    let mut report = ErrorReport::new(code(&e), e.message, "pg_vision");
     if let Some(hint) = e.hint {
         report = report.set_hint(hint);
     }

@@ -36,6 +36,10 @@ pub enum Kind {
     /// The work was stopped because the host asked (query cancel, timeout, shutdown):
     /// the host raises its own error once the worker threads have stopped.
     Interrupted,
+    /// Fetching an image by URL failed on the way: name resolution, connection, TLS, the
+    /// deadline, or the server's answer (an error status, a malformed response, too many
+    /// redirects). `fetch::retryable` tells passing failures from lasting ones.
+    Fetch,
 }
 
 /// A limit that an input went over.
@@ -83,6 +87,41 @@ pub enum Fact {
     NotAnImage,
     /// The ONNX Runtime library cannot be used.
     RuntimeLibrary(LibraryProblem),
+    /// Fetching an image by URL failed (`fetch.rs`), or the URL or allowlist is unusable.
+    Fetch(FetchProblem),
+}
+
+/// What went wrong fetching an image by URL (`fetch.rs`). `fetch::retryable` sorts these
+/// into failures worth another try later and lasting ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchProblem {
+    /// The allowlist text is malformed (`fetch::Allowlist::parse`).
+    BadAllowlist,
+    /// The URL is malformed, or not http:// or https://.
+    BadUrl,
+    /// The URL's host and port are on no allowlist entry (for a redirect: its target's).
+    NotAllowed,
+    /// The host resolves to an address that only an entry naming that host or address
+    /// may reach (loopback, private, link-local, ...), or to one never reachable
+    /// (unspecified, multicast, broadcast).
+    AddressRefused,
+    /// The host name could not be resolved.
+    Resolve,
+    /// No connection to any of the host's addresses (refused, unreachable).
+    Connect,
+    /// The deadline passed (connecting, sending, waiting, or reading).
+    Timeout,
+    /// TLS failed: handshake, or a certificate that does not verify.
+    Tls,
+    /// The connection failed after it was made (reset, closed early).
+    Io,
+    /// The server's answer is not HTTP/1.x as pg_vision reads it (malformed, compressed).
+    Protocol,
+    /// More redirects than allowed, a redirect without a usable target, or one from
+    /// https to http.
+    Redirect,
+    /// The server answered with this HTTP status (not 2xx and not a followed redirect).
+    Status(u16),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,6 +7,8 @@
 //! - `manifest.rs`: model manifests (image tower, optional text tower), `Tower`, `MAX_DIM`;
 //!   `Origin`, the identity of the files a tower was loaded from
 //! - `runtime.rs`: the process's ONNX Runtime environment, cores, signal blocking
+//! - `fetch.rs`: images by URL over HTTP(S) under an allowlist, for background workers
+//!   (uses `error`, and `runtime` only to block signals on its helper thread)
 //! - `heap.rs`: heap bytes in use, to measure what a loaded model holds
 //! - `jpeg.rs`: JPEG through libjpeg-turbo, at a reduced DCT scale when allowed
 //! - `decode.rs`: image bytes to upright 8-bit RGB, with limits and stop polls; base64
@@ -25,6 +27,7 @@
 pub mod decode;
 pub mod embed;
 pub mod error;
+pub mod fetch;
 pub mod heap;
 pub mod image_model;
 pub mod jpeg;

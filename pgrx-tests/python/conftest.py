@@ -14,7 +14,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 import photos  # noqa: E402
-from helpers import SystemSettings  # noqa: E402
+from helpers import ServerHealth, SystemSettings  # noqa: E402
 
 # An ordinary role: LOGIN, no superuser, nothing granted beyond what PUBLIC has.
 HOSTILE_ROLE = "pgv_hostile"
@@ -99,29 +99,6 @@ def module_settings(cluster):
     s = SystemSettings()
     yield s
     s.restore()
-
-
-class ServerHealth:
-    """The postmaster's start time and the server log's length when the tests began."""
-
-    def __init__(self, log):
-        self.log = log
-        with photos.connect() as c:
-            self.started = c.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
-        self.offset = os.path.getsize(log)
-
-    def new_log(self):
-        with open(self.log, errors="replace") as f:
-            f.seek(self.offset)
-            return f.read()
-
-    def check(self):
-        with photos.connect() as c:
-            now = c.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
-        log = self.new_log()
-        crashed = [line for line in log.splitlines() if "terminated by signal" in line or "was terminated by" in line]
-        assert not crashed, "a backend crashed:\n" + "\n".join(crashed[:5])
-        assert now == self.started, f"the postmaster restarted (start time {self.started} -> {now})"
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,9 @@
 """Helpers shared by the end-to-end test modules (fixtures are in conftest.py)."""
 
+import functools
+import os
+import socket
+import subprocess
 import threading
 import time
 
@@ -59,3 +63,74 @@ class SystemSettings:
         for name in sorted(self.changed):
             photos.alter_system(name, None)
         self.changed.clear()
+
+
+class ServerHealth:
+    """The postmaster's start time and the server log's length when the tests began.
+    `connect`: a superuser connection (a function of no arguments); the project's cluster by default."""
+
+    def __init__(self, log, connect=photos.connect):
+        self.log = log
+        self.connect = connect
+        with connect() as c:
+            self.started = c.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
+        self.offset = os.path.getsize(log)
+
+    def new_log(self):
+        with open(self.log, errors="replace") as f:
+            f.seek(self.offset)
+            return f.read()
+
+    def check(self):
+        with self.connect() as c:
+            now = c.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
+        log = self.new_log()
+        crashed = [line for line in log.splitlines() if "terminated by signal" in line or "was terminated by" in line]
+        assert not crashed, "a backend crashed:\n" + "\n".join(crashed[:5])
+        assert now == self.started, f"the postmaster restarted (start time {self.started} -> {now})"
+
+
+@functools.lru_cache(maxsize=None)
+def env_sh(name):
+    """A variable of scripts/env.sh (PGBIN, RUNAS, STATE, ...) as the shell scripts see it."""
+    out = subprocess.run(["bash", "-c", f'. scripts/env.sh; printf %s "${{{name}}}"'], cwd=photos.REPO,
+                         check=True, capture_output=True, text=True)
+    return out.stdout
+
+
+def as_server_user(cmd):
+    """`cmd` (a list) to run as the server's user: `postgres` when we are root (env.sh's
+    RUNAS, as its as_pg does), else ourselves."""
+    runas = env_sh("RUNAS")
+    return ["runuser", "-u", runas, "--", *cmd] if runas else list(cmd)
+
+
+def port_free(port):
+    """Nothing listens on 127.0.0.1:port (scripts/pg.sh's test)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return False
+    except OSError:
+        return True
+
+
+def free_port(start=54320, taken=()):
+    """The first port from `start` that nothing listens on and is not in `taken`, as
+    scripts/pg.sh picks the project's."""
+    port = start
+    while port in taken or not port_free(port):
+        port += 1
+    return port
+
+
+def wait_for(what, check, timeout=60, every=0.05):
+    """Calls check() until it returns something true, and returns that; fails naming `what`
+    (and check()'s last value) after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not after {timeout} s (last: {value!r})")
+        time.sleep(every)

@@ -1,0 +1,648 @@
+//! Asynchronous indexing: pg_vision's background workers embed the rows that the trigger's
+//! `mode=async` queued (`sql/indexing.sql` has the queue and the batch function).
+//!
+//! - Workers are registered at server start (`shared_preload_libraries`), so many per
+//!   database in `pg_vision.indexer_databases`, and start when recovery has finished: on
+//!   a hot standby they never start.
+//! - A transaction that queued rows sets the latches of its database's workers when it
+//!   commits (`pg_vision_wake_indexer`, a transaction callback): an idle worker starts at
+//!   once. Otherwise a worker looks at the queue every `pg_vision.indexer_naptime` (rows
+//!   whose retry is due).
+//! - A worker connects as the bootstrap superuser, picks the oldest due queue row, and runs
+//!   `pg_vision_index_batch` as the owner of that row's table in a security-restricted
+//!   context (PostgreSQL's `SECURITY_RESTRICTED_OPERATION`, as autovacuum runs index
+//!   expressions): the table's triggers, policies and functions run with the owner's
+//!   rights and cannot SET ROLE back. A batch is one transaction; any error aborts it and
+//!   leaves the queue rows for the next try.
+//! - Workers count in the memory budget like any backend (they load models the same way).
+//! - What they do is in shared memory: `pg_vision_indexer_workers()` (each worker's state)
+//!   and `pg_vision_indexer_batches()` (recent batches, for rates).
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
+use pgrx::prelude::*;
+use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock, PgTryBuilder};
+
+use crate::guc;
+
+/// The workers' `backend_type` in pg_stat_activity.
+const WORKER_TYPE: &str = "pg_vision indexer";
+/// Workers the shared table has rows for (databases x workers per database).
+const SLOTS: usize = 64;
+/// Recent batches kept for rates (`pg_vision_indexing.rows_per_s`).
+const BATCHES: usize = 512;
+
+#[derive(Copy, Clone, PartialEq, Eq)]
+#[repr(u8)]
+enum Activity {
+    Starting,
+    Idle,
+    Embedding,
+    /// pg_vision (0.6.0 or later) is not installed in the worker's database.
+    NoExtension,
+    /// The last batch failed as a whole (see the server log); retried at the next wake.
+    Failing,
+}
+
+impl Activity {
+    fn name(self) -> &'static str {
+        match self {
+            Activity::Starting => "starting",
+            Activity::Idle => "idle",
+            Activity::Embedding => "embedding",
+            Activity::NoExtension => "no extension",
+            Activity::Failing => "failing",
+        }
+    }
+}
+
+#[derive(Copy, Clone)]
+struct Worker {
+    /// 0: free.
+    pid: i32,
+    database: u32,
+    /// The worker's `PGPROC` latch (shared memory, same address in every process).
+    latch: usize,
+    activity: Activity,
+    /// The table of the batch in progress, or of the last one.
+    relation: u32,
+    since: i64,
+    batches: u64,
+    rows: u64,
+    failed: u64,
+}
+
+#[derive(Copy, Clone)]
+struct Batch {
+    pid: i32,
+    database: u32,
+    relation: u32,
+    claimed: u32,
+    embedded: u32,
+    failed: u32,
+    retried: u32,
+    started: i64,
+    ended: i64,
+}
+
+#[derive(Copy, Clone)]
+pub struct State {
+    workers: [Worker; SLOTS],
+    batches: [Batch; BATCHES],
+    next_batch: usize,
+}
+
+// SAFETY: plain old data (integers and an address that is the same in every process).
+unsafe impl PGRXSharedMemory for State {}
+
+impl State {
+    const EMPTY: State = State {
+        workers: [Worker {
+            pid: 0,
+            database: 0,
+            latch: 0,
+            activity: Activity::Starting,
+            relation: 0,
+            since: 0,
+            batches: 0,
+            rows: 0,
+            failed: 0,
+        }; SLOTS],
+        batches: [Batch {
+            pid: 0,
+            database: 0,
+            relation: 0,
+            claimed: 0,
+            embedded: 0,
+            failed: 0,
+            retried: 0,
+            started: 0,
+            ended: 0,
+        }; BATCHES],
+        next_batch: 0,
+    };
+}
+
+static SHARED: PgLwLock<State> = unsafe { PgLwLock::new(c"pg_vision_indexer") };
+static SHARED_ON: AtomicBool = AtomicBool::new(false);
+
+/// From `_PG_init` under `shared_preload_libraries`: the shared table, and the workers.
+pub fn init_shared() {
+    pg_shmem_init!(SHARED = State::EMPTY);
+    SHARED_ON.store(true, Ordering::Relaxed);
+    let databases = match guc::indexer_databases() {
+        Ok(d) => d,
+        Err(e) => {
+            warning!("{e}: no pg_vision indexer started");
+            return;
+        }
+    };
+    let per_database = guc::indexer_workers();
+    if databases.len() * per_database > SLOTS {
+        warning!(
+            "pg_vision.indexer_databases x pg_vision.indexer_workers is {}, over {SLOTS}: no pg_vision indexer started",
+            databases.len() * per_database
+        );
+        return;
+    }
+    for database in &databases {
+        for i in 0..per_database {
+            BackgroundWorkerBuilder::new(&format!("pg_vision indexer {} for {database}", i + 1))
+                .set_type(WORKER_TYPE)
+                .set_library("pg_vision")
+                .set_function("pg_vision_indexer_main")
+                .set_extra(database)
+                .enable_spi_access()
+                .set_start_time(BgWorkerStartTime::RecoveryFinished)
+                .set_restart_time(Some(std::time::Duration::from_secs(5)))
+                .load();
+        }
+    }
+}
+
+fn now() -> i64 {
+    // SAFETY: reads the clock.
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+// --- waking the workers at commit ---------------------------------------------------------
+
+thread_local! {
+    /// This transaction queued rows.
+    static WAKE: Cell<bool> = const { Cell::new(false) };
+    static CALLBACK: Cell<bool> = const { Cell::new(false) };
+    /// This backend said once that no worker serves its database.
+    static WARNED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether pg_vision's workers were started for this backend's database.
+fn served_here() -> bool {
+    if !SHARED_ON.load(Ordering::Relaxed) {
+        return false;
+    }
+    // SAFETY: the name of this backend's database, from the catalog.
+    let here = unsafe {
+        let p = pg_sys::get_database_name(pg_sys::MyDatabaseId);
+        if p.is_null() {
+            return false;
+        }
+        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+    };
+    guc::indexer_databases().map(|list| list.contains(&here)).unwrap_or(false)
+}
+
+/// Called by the trigger after it queues a row: when this transaction commits, the
+/// workers of this database are woken. (Before the commit they could not see the row.)
+#[pg_extern(volatile, parallel_restricted)]
+fn pg_vision_wake_indexer() {
+    if !served_here() {
+        if !WARNED.with(|w| w.replace(true)) {
+            pgrx::pg_sys::panic::ErrorReport::new(
+                PgSqlErrorCode::ERRCODE_WARNING,
+                "pg_vision: rows are queued for asynchronous indexing, but no pg_vision background worker serves this database: they stay queued",
+                "pg_vision_wake_indexer",
+            )
+            .set_hint("add this database to pg_vision.indexer_databases (with shared_preload_libraries = 'pg_vision'), then restart the server")
+            .report(PgLogLevel::WARNING);
+        }
+        return;
+    }
+    WAKE.with(|w| w.set(true));
+    if !CALLBACK.with(|c| c.replace(true)) {
+        // SAFETY: registers a callback run at every transaction end of this backend.
+        unsafe { pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut()) };
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    use pg_sys::XactEvent::{XACT_EVENT_ABORT, XACT_EVENT_COMMIT, XACT_EVENT_PREPARE};
+    if event != XACT_EVENT_COMMIT && event != XACT_EVENT_ABORT && event != XACT_EVENT_PREPARE {
+        return;
+    }
+    // A prepared transaction's rows are found at the next naptime.
+    if WAKE.with(|w| w.replace(false)) && event == XACT_EVENT_COMMIT {
+        // SAFETY: reads this backend's database id.
+        let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
+        let state = SHARED.share();
+        for w in state.workers.iter().filter(|w| w.pid != 0 && w.database == database && w.latch != 0) {
+            // SAFETY: the latch of a live worker's PGPROC, in shared memory; setting a
+            // latch is safe from any process and never raises.
+            unsafe { pg_sys::SetLatch(w.latch as *mut pg_sys::Latch) };
+        }
+    }
+}
+
+// --- the worker ---------------------------------------------------------------------------
+
+/// What one call of `pg_vision_index_batch` did.
+struct Done {
+    relation: u32,
+    claimed: i32,
+    embedded: i32,
+    failed: i32,
+    retried: i32,
+}
+
+// PostgreSQL's signal handlers themselves (pgrx binds them as Rust wrappers, which cannot
+// be installed as handlers).
+extern "C-unwind" {
+    fn SignalHandlerForConfigReload(signal: std::ffi::c_int);
+    fn die(signal: std::ffi::c_int);
+}
+
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn pg_vision_indexer_main(_arg: pg_sys::Datum) {
+    // SIGTERM (shutdown, pg_terminate_backend) ends the worker at its next interrupt check,
+    // inside a batch too, as for any backend; SIGHUP rereads the configuration.
+    // SAFETY: PostgreSQL's own handlers, installed before signals are unblocked.
+    unsafe {
+        pg_sys::pqsignal_be(pg_sys::SIGHUP as i32, Some(SignalHandlerForConfigReload));
+        pg_sys::pqsignal_be(pg_sys::SIGTERM as i32, Some(die));
+        pg_sys::BackgroundWorkerUnblockSignals();
+    }
+    let database = BackgroundWorker::get_extra().to_owned();
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    let slot = claim_slot();
+    // SAFETY: frees the slot when the worker exits, however it exits but a crash (which
+    // reinitialises shared memory).
+    unsafe { pg_sys::before_shmem_exit(Some(free_slot), pg_sys::Datum::from(slot)) };
+    log!("pg_vision indexer started for database \"{database}\"");
+    loop {
+        drain(slot);
+        // SAFETY: waits on this process's latch; WL_EXIT_ON_PM_DEATH exits if the
+        // postmaster dies.
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                guc::indexer_naptime_ms() as _,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        check_for_interrupts!();
+        reload_configuration();
+    }
+}
+
+fn reload_configuration() {
+    // SAFETY: the flag SignalHandlerForConfigReload sets; ProcessConfigFile is what every
+    // auxiliary process calls on it.
+    unsafe {
+        if std::ptr::read_volatile(std::ptr::addr_of!(pg_sys::ConfigReloadPending)) != 0 {
+            pg_sys::ConfigReloadPending = 0;
+            pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
+        }
+    }
+}
+
+fn claim_slot() -> usize {
+    // SAFETY: this process's pid, database and PGPROC.
+    let (pid, database, latch) = unsafe {
+        (pg_sys::MyProcPid, pg_sys::MyDatabaseId.to_u32(), std::ptr::addr_of_mut!((*pg_sys::MyProc).procLatch) as usize)
+    };
+    let mut state = SHARED.exclusive();
+    // A slot left by a worker that died without cleaning up cannot exist (a crash resets
+    // shared memory), so a free slot is one with pid 0.
+    let Some(slot) = state.workers.iter().position(|w| w.pid == 0) else {
+        drop(state);
+        error!("pg_vision indexer: no free slot in the shared table ({SLOTS} workers at most)");
+    };
+    state.workers[slot] =
+        Worker { pid, database, latch, activity: Activity::Starting, since: now(), ..State::EMPTY.workers[0] };
+    slot
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn free_slot(_code: i32, arg: pg_sys::Datum) {
+    let slot = arg.value();
+    let mut state = SHARED.exclusive();
+    if slot < SLOTS {
+        state.workers[slot].pid = 0;
+        state.workers[slot].latch = 0;
+    }
+}
+
+fn set_activity(slot: usize, activity: Activity, relation: Option<u32>) {
+    let mut state = SHARED.exclusive();
+    let w = &mut state.workers[slot];
+    if w.activity != activity {
+        w.since = now();
+    }
+    w.activity = activity;
+    if let Some(r) = relation {
+        w.relation = r;
+    }
+}
+
+fn record(slot: usize, d: &Done, started: i64) {
+    let mut state = SHARED.exclusive();
+    let w = &mut state.workers[slot];
+    w.batches += 1;
+    w.rows += d.embedded.max(0) as u64;
+    w.failed += d.failed.max(0) as u64;
+    w.relation = d.relation;
+    let b = Batch {
+        pid: w.pid,
+        database: w.database,
+        relation: d.relation,
+        claimed: d.claimed.max(0) as u32,
+        embedded: d.embedded.max(0) as u32,
+        failed: d.failed.max(0) as u32,
+        retried: d.retried.max(0) as u32,
+        started,
+        ended: now(),
+    };
+    let i = state.next_batch % BATCHES;
+    state.batches[i] = b;
+    state.next_batch = state.next_batch.wrapping_add(1);
+}
+
+/// Batches until the queue has nothing due.
+fn drain(slot: usize) {
+    loop {
+        let started = now();
+        match in_transaction(|| one_batch(slot)) {
+            Ok(Some(done)) => {
+                record(slot, &done, started);
+                if done.claimed == 0 {
+                    set_activity(slot, Activity::Idle, None);
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(message) => {
+                warning!("pg_vision indexer: a batch failed and was rolled back, its rows stay queued: {message}");
+                set_activity(slot, Activity::Failing, None);
+                return;
+            }
+        }
+        check_for_interrupts!();
+        reload_configuration();
+    }
+}
+
+/// Runs `f` in a transaction of its own; an error rolls it back and is returned as text.
+fn in_transaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, String> {
+    // SAFETY: starts a transaction with a snapshot, as PostgreSQL's own workers do.
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    PgTryBuilder::new(|| {
+        let r = f();
+        // SAFETY: ends the transaction started above; a failing commit raises, caught below.
+        unsafe {
+            pg_sys::PopActiveSnapshot();
+            pg_sys::CommitTransactionCommand();
+        }
+        Ok(r)
+    })
+    .catch_others(|e| {
+        let message = match &e {
+            pg_sys::panic::CaughtError::PostgresError(r)
+            | pg_sys::panic::CaughtError::ErrorReport(r)
+            | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.message().to_owned(),
+        };
+        // SAFETY: the error was caught and flushed; abort undoes the transaction, its
+        // snapshots and the user id set for the batch.
+        unsafe { pg_sys::AbortCurrentTransaction() };
+        Err(message)
+    })
+    .execute()
+}
+
+/// One batch in the current transaction: `None` when there is nothing to do (or no
+/// extension to do it with).
+fn one_batch(slot: usize) -> Option<Done> {
+    let schema: Option<String> = Spi::get_one(
+        "SELECT (SELECT pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_extension e
+                   JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+                  WHERE e.extname = 'pg_vision'
+                    AND pg_catalog.to_regclass(pg_catalog.quote_ident(n.nspname) || '.pg_vision_queue') IS NOT NULL)",
+    )
+    .unwrap_or(None);
+    let Some(schema) = schema else {
+        set_activity(slot, Activity::NoExtension, None);
+        return None;
+    };
+    // The oldest due row names the table; other workers skip the rows this one locks.
+    let relation: Option<pg_sys::Oid> = Spi::get_one(&format!(
+        "SELECT (SELECT q.relation::pg_catalog.oid FROM {schema}.pg_vision_queue q
+                  WHERE q.next_try <= pg_catalog.now() ORDER BY q.id LIMIT 1 FOR UPDATE OF q SKIP LOCKED)"
+    ))
+    .unwrap_or(None);
+    let Some(relation) = relation else {
+        return Some(Done { relation: 0, claimed: 0, embedded: 0, failed: 0, retried: 0 });
+    };
+    set_activity(slot, Activity::Embedding, Some(relation.to_u32()));
+    // The table is locked for the batch, as an INSERT would lock it: a DROP or TRUNCATE
+    // waits for the batch, and one in progress makes the worker come back later instead
+    // of failing halfway.
+    // SAFETY: a lock on an oid, released at the end of the transaction.
+    if !unsafe { pg_sys::ConditionalLockRelationOid(relation, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE) } {
+        return Some(Done { relation: relation.to_u32(), claimed: 0, embedded: 0, failed: 0, retried: 0 });
+    }
+    let owner: Option<pg_sys::Oid> =
+        Spi::get_one_with_args("SELECT (SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1)", &[relation.into()])
+            .unwrap_or(None);
+    let Some(owner) = owner else {
+        // The table was dropped: its queued rows have nothing left to index.
+        let claimed: i64 = Spi::get_one_with_args(
+            &format!("WITH d AS (DELETE FROM {schema}.pg_vision_queue WHERE relation = $1 RETURNING 1) SELECT count(*) FROM d"),
+            &[relation.into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+        return Some(Done { relation: relation.to_u32(), claimed: claimed as i32, embedded: 0, failed: 0, retried: 0 });
+    };
+    let counts: Vec<i32> = as_owner(owner, || {
+        Spi::get_one_with_args::<Vec<i32>>(
+            &format!(
+                "SELECT ARRAY[claimed, embedded, failed, retried]
+                   FROM {schema}.pg_vision_index_batch($1::pg_catalog.regclass, $2, $3)"
+            ),
+            &[relation.into(), guc::indexer_batch_size().into(), guc::indexer_max_attempts().into()],
+        )
+        .unwrap_or_else(|e| error!("pg_vision indexer: {e}"))
+        .unwrap_or_default()
+    });
+    let count = |i: usize| counts.get(i).copied().unwrap_or(0);
+    let (claimed, embedded, failed, retried) = (count(0), count(1), count(2), count(3));
+    Some(Done { relation: relation.to_u32(), claimed, embedded, failed, retried })
+}
+
+/// Runs `f` as `owner` in a security-restricted operation with a safe search_path, the way
+/// PostgreSQL runs a table owner's code for maintenance: `f` cannot SET ROLE back, create
+/// temporary objects, or be steered by a search_path. An error aborts the transaction,
+/// which restores the user id and the settings.
+fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    let mut saved_user = pg_sys::InvalidOid;
+    let mut saved_context = 0;
+    // SAFETY: PostgreSQL's own calls for this (see ExecRefreshMatView, vacuum_rel).
+    let nest = unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            saved_context | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32,
+        );
+        let nest = pg_sys::NewGUCNestLevel();
+        pg_sys::RestrictSearchPath();
+        nest
+    };
+    let r = f();
+    // SAFETY: undoes the above, in reverse.
+    unsafe {
+        pg_sys::AtEOXact_GUC(false, nest);
+        pg_sys::SetUserIdAndSecContext(saved_user, saved_context);
+    }
+    r
+}
+
+// --- SQL ----------------------------------------------------------------------------------
+
+/// The arguments of a table's trigger, as `TG_ARGV` gives them to the trigger itself (the
+/// workers read the trigger's configuration with it).
+#[pg_extern(stable, strict, parallel_safe)]
+fn pg_vision_trigger_args(rel: pg_sys::Oid, trigger: &str) -> Option<Vec<String>> {
+    let args: Option<Vec<u8>> = Spi::get_one_with_args(
+        "SELECT tgargs FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2",
+        &[rel.into(), trigger.into()],
+    )
+    .ok()
+    .flatten();
+    // tgargs: each argument followed by a NUL byte.
+    let args = args?;
+    let mut parts: Vec<String> = args.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    parts.pop(); // after the last NUL
+    Some(parts)
+}
+
+/// Each background worker: its state, the table it works on (if the caller may see that
+/// table's queue), and what it has done since it started.
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_safe)]
+fn pg_vision_indexer_workers() -> TableIterator<
+    'static,
+    (
+        name!(pid, i32),
+        name!(database, String),
+        name!(state, String),
+        name!(relation, Option<pg_sys::Oid>),
+        name!(since, Option<TimestampWithTimeZone>),
+        name!(batches, i64),
+        name!(rows, i64),
+        name!(failed, i64),
+    ),
+> {
+    let workers: Vec<Worker> = if SHARED_ON.load(Ordering::Relaxed) {
+        SHARED.share().workers.iter().filter(|w| w.pid != 0).copied().collect()
+    } else {
+        Vec::new()
+    };
+    let rows: Vec<_> = workers
+        .into_iter()
+        .map(|w| {
+            // SAFETY: catalog lookup of a database name by oid; NULL when it is gone.
+            let database = unsafe {
+                let p = pg_sys::get_database_name(pg_sys::Oid::from(w.database));
+                if p.is_null() {
+                    String::new()
+                } else {
+                    std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+                }
+            };
+            let relation = (w.relation != 0).then(|| pg_sys::Oid::from(w.relation));
+            (
+                w.pid,
+                database,
+                w.activity.name().to_owned(),
+                relation,
+                TimestampWithTimeZone::try_from(w.since).ok(),
+                w.batches as i64,
+                w.rows as i64,
+                w.failed as i64,
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
+/// The workers' recent batches (the last 512, this database's), newest first: for
+/// `pg_vision_indexing`'s rates.
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_safe)]
+fn pg_vision_indexer_batches() -> TableIterator<
+    'static,
+    (
+        name!(pid, i32),
+        name!(relation, pg_sys::Oid),
+        name!(claimed, i32),
+        name!(rows, i32),
+        name!(failed, i32),
+        name!(retried, i32),
+        name!(started, Option<TimestampWithTimeZone>),
+        name!(ended, Option<TimestampWithTimeZone>),
+    ),
+> {
+    // SAFETY: reads this backend's database id.
+    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let mut batches: Vec<Batch> = if SHARED_ON.load(Ordering::Relaxed) {
+        SHARED
+            .share()
+            .batches
+            .iter()
+            .filter(|b| b.pid != 0 && b.database == database && b.relation != 0)
+            .copied()
+            .collect()
+    } else {
+        Vec::new()
+    };
+    batches.sort_by_key(|b| std::cmp::Reverse(b.ended));
+    TableIterator::new(batches.into_iter().map(|b| {
+        (
+            b.pid,
+            pg_sys::Oid::from(b.relation),
+            b.claimed as i32,
+            b.embedded as i32,
+            b.failed as i32,
+            b.retried as i32,
+            TimestampWithTimeZone::try_from(b.started).ok(),
+            TimestampWithTimeZone::try_from(b.ended).ok(),
+        )
+    }))
+}
+
+/// Whether this process is one of pg_vision's background workers.
+fn is_indexer() -> bool {
+    // SAFETY: MyBgworkerEntry is set in background workers and NULL elsewhere; bgw_type is
+    // a NUL-terminated fixed-size buffer.
+    unsafe {
+        let entry = pg_sys::MyBgworkerEntry;
+        !entry.is_null() && std::ffi::CStr::from_ptr((*entry).bgw_type.as_ptr()).to_bytes() == WORKER_TYPE.as_bytes()
+    }
+}
+
+/// The bytes behind an image URL, fetched under `pg_vision.url_allowlist`,
+/// `pg_vision.url_timeout` and `pg_vision.max_image_bytes`. Only pg_vision's background
+/// workers may call it: a fetch never happens inside a user's transaction.
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn pg_vision_fetch_image(url: &str) -> Vec<u8> {
+    if !is_indexer() {
+        pgrx::pg_sys::panic::ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "only pg_vision's background workers fetch image URLs",
+            "pg_vision_fetch_image",
+        )
+        .set_hint("queue the row with the trigger's mode=async; pg_vision.indexer_databases must name this database")
+        .report(PgLogLevel::ERROR);
+        unreachable!()
+    }
+    crate::fetch::fetch_image(url)
+}
