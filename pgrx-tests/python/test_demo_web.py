@@ -1,6 +1,7 @@
 """The demo's search page (scripts/demo_web.py) in a real browser: headless Chromium
 (Debian's chromium + chromium-driver, driven by selenium) uploads an edited copy of a
-catalogue photo and must see the original product first; a bad upload must show the
+catalogue photo (cropped, mirrored, rotated, JPEG: shop_demo.customer_photo) and must see
+the original product first; a bad upload must show the
 database's error, and the page must keep serving. A screenshot of the search is saved in
 pgrx-tests/artifacts/ (the README's docs/demo-web.png is a copy of it).
 
@@ -25,7 +26,6 @@ import urllib.request
 import zlib
 
 import pytest
-from PIL import ImageOps
 
 import photos
 import shop_demo
@@ -117,15 +117,6 @@ def browser():
 
 # --- what the tests upload ------------------------------------------------------------------
 
-def edited_copy(name):
-    """A catalogue photo as a customer might send it back: cropped, mirrored, re-encoded as
-    JPEG at quality 75 (none of the catalogue's stored pictures has these bytes)."""
-    img = photos.photo(name).convert("RGB")
-    w, h = img.size
-    edited = ImageOps.mirror(img.crop((int(w * 0.1), int(h * 0.05), int(w * 0.85), int(h * 0.95))))
-    return shop_demo.jpeg(edited, quality=75)
-
-
 def png_bomb(side=10_000):
     """A side x side grey PNG (100 megapixels, over pg_vision.max_image_pixels' 50) of a few
     hundred kilobytes: a decompression bomb, which the database refuses from its header."""
@@ -214,7 +205,7 @@ def test_a_catalogue_picture_finds_itself(browser, web, health):
 
 def test_an_edited_photo_finds_its_product(browser, web, catalogue, tmp_path, health, app_role):
     open_page(browser, web)
-    assert upload(browser, tmp_path, "chelsea-edited.jpg", edited_copy("chelsea.png")) == "done", \
+    assert upload(browser, tmp_path, "chelsea-edited.jpg", shop_demo.customer_photo("chelsea.png")) == "done", \
         browser.find_element("id", "error").text
     results = shown_results(browser)
     names = [name for name, _ in results]
@@ -249,7 +240,7 @@ def test_a_dropped_photo_is_searched(browser, web, health):
     """Drag and drop: a drop event carrying a file (an edited rocket photo), as a browser
     makes it when a file is dropped on the zone."""
     open_page(browser, web)
-    data = base64.b64encode(edited_copy("rocket.jpg")).decode()
+    data = base64.b64encode(shop_demo.customer_photo("rocket.jpg")).decode()
     browser.execute_script("""
         document.body.dataset.state = 'sent';
         const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));
@@ -287,7 +278,7 @@ def test_a_bad_upload_shows_the_database_error(browser, web, tmp_path, health, k
     assert f"SQLSTATE {sqlstate}" in error.text and words in error.text, error.text
     assert not browser.find_elements("css selector", "#results .result")
     # The server keeps serving: the next upload is answered.
-    assert upload(browser, tmp_path, "coffee.jpg", edited_copy("coffee.png")) == "done"
+    assert upload(browser, tmp_path, "coffee.jpg", shop_demo.customer_photo("coffee.png")) == "done"
     assert shown_results(browser)[0][0] == "coffee"
     assert not error.is_displayed()
 
