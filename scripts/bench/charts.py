@@ -39,7 +39,8 @@ def read(path):
 
 def load(settings):
     """The machine's load average around the run (other work on the cores skews every figure)."""
-    return f"load average {settings['loadavg_before']:g} before, {settings['loadavg_after']:g} after"
+    return (f"load average {settings['loadavg_before']:g} before, {settings['loadavg_after']:g} after "
+            f"(the run's own clients included)")
 
 
 def footnote(fig, path, text):
@@ -92,7 +93,7 @@ def throughput_chart(versus, path, out):
     last = curve[-1]
     ax.set_title(f"Throughput: pg_vision / service at {last['clients']} clients = "
                  f"{last['pg_vision']['searches_per_s'] / last['service']['searches_per_s']:.2f}x", fontsize=11)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="lower right")
     seconds = s.get("sweep_seconds", s["seconds"]) if versus.get("sweep") else s["seconds"]
     footnote(fig, path, f"{seconds:g} s per side and point, {s['image']}, {s['threads']} intra-op threads, "
                         f"{s['workers']} uvicorn workers, {s['nproc']} cores, {load(s)}")
