@@ -3,7 +3,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 help:
-	@echo "make demo    set up everything, start PostgreSQL, embed and search real photos"
+	@echo "make demo    set up everything, start PostgreSQL, embed and search real photos, serve the search page"
+	@echo "make demo-web  the search page alone (Ctrl-C stops it)"
 	@echo "make test    set up everything and run every test"
 	@echo "make bench   benchmarks through SQL, release build (scripts/bench.sh)"
 	@echo "make setup | install | models | start | stop | psql | fclip | fclip-fixture | clean"
@@ -26,8 +27,13 @@ stop:
 psql:
 	scripts/pg.sh psql
 
+# Ends by serving the search page on localhost (Ctrl-C stops it); PGV_DEMO_WEB=0 make demo does not.
 demo: setup
 	scripts/demo.sh
+
+# The search page over the demo catalogue (loaded first if make demo has not run).
+demo-web: setup
+	scripts/demo_web.sh
 
 # fmt and clippy, unit tests (Postgres-free core), #[pg_test]s, then the suites in
 # pgrx-tests/ (pg_regress, upgrade, pytest); see pgrx-tests/README.md.
@@ -52,4 +58,4 @@ clean:
 	-scripts/pg.sh stop
 	cargo clean
 
-.PHONY: help setup install models start stop psql demo test bench fclip fclip-fixture clean
+.PHONY: help setup install models start stop psql demo demo-web test bench fclip fclip-fixture clean

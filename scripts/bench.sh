@@ -7,8 +7,10 @@
 # (versus.py, which starts service.py), ONNX Runtime session options and the memo's hashing
 # (Rust examples in core/examples/), first-call latency with and without preload
 # (preload_latency.py), 8 clients under a tight memory budget (load.py) and the peak memory
-# of one decode at the pixel limit (decode_peak_memory.py). Results in bench-results/ and on
-# the terminal.
+# of one decode at the pixel limit (decode_peak_memory.py), memory per backend against the
+# number of backends (memory.py). Results in bench-results/ and on the terminal; last,
+# charts.py draws bench-results/latency.png, throughput.png and memory.png from the JSON the
+# drivers saved.
 # Usage: scripts/bench.sh [latency.py args]
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
@@ -29,7 +31,7 @@ say "import: trigger mode=sync against mode=async (background workers), queue bl
 say "search by upload in every query form, custom and generic plans"
 "$PY" scripts/bench/forms.py --json bench-results/forms.json
 say "versus the replaced service: search by upload, pg_vision against FastAPI + onnxruntime + pgvector"
-"$PY" scripts/bench/versus.py --profile --json bench-results/versus.json
+"$PY" scripts/bench/versus.py --profile --sweep 1,2,4,8 --json bench-results/versus.json
 say "ONNX Runtime session options: one session's latency, 8 sessions at once (no PostgreSQL)"
 PG_VISION_ORT_LIB="$ORT_LIB_SRC" \
   cargo run -q --release -p pg_vision_core --example session_bench -- models/efficientnet-lite0.onnx 2 8
@@ -41,3 +43,7 @@ say "load: 8 clients for 60 s under a 100 MB memory budget"
 "$PY" scripts/bench/load.py --clients 8 --seconds 60 --budget-mb 100
 say "peak memory of one decode at the pixel limit"
 "$PY" scripts/bench/decode_peak_memory.py
+say "memory per backend against the number of backends"
+"$PY" scripts/bench/memory.py --json bench-results/memory.json
+say "charts from the saved figures"
+"$PY" scripts/bench/charts.py --results bench-results

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job: start the project's PostgreSQL, create the ReSys.Shop-shaped schema, load a
 # catalogue of real photographs through the indexing trigger, search by upload on the HNSW
-# index, and check retrieval with edited copies (scripts/shop_demo.py).
+# index, and check retrieval with edited copies (scripts/shop_demo.py); then serve the search
+# page over that catalogue on localhost (scripts/demo_web.py) until Ctrl-C. PGV_DEMO_WEB=0
+# ends after the checks instead (for scripted runs).
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 cd "$REPO"
@@ -18,5 +20,9 @@ Done. PostgreSQL is still running with pg_vision and the demo catalogue. Try it 
          (SELECT embed_efficientnet(pg_read_binary_file('$SKIMAGE/coffee.png')) AS v) q
    ORDER BY i.embedding_efficientnet <=> q.v LIMIT 5;
 
-Stop it with: make stop
+Stop PostgreSQL with: make stop
 MSG
+if [ "${PGV_DEMO_WEB:-1}" != 0 ]; then
+  say "the search page: open the URL below, upload a photo or pick one (Ctrl-C stops the page; make demo-web starts it again)"
+  exec "$PY" scripts/demo_web.py
+fi

@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$REPO"
 
 # --- Debian packages -------------------------------------------------------------------
-APT_PACKAGES="libclang-dev clang sudo python3-venv cmake nasm libjpeg-turbo-progs"
+# chromium + chromium-driver: the demo page's browser test (pgrx-tests/python/test_demo_web.py).
+APT_PACKAGES="libclang-dev clang sudo python3-venv cmake nasm libjpeg-turbo-progs chromium chromium-driver"
 missing=""
 for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

@@ -8,7 +8,13 @@ shop stores several pictures of one product: crop, mirror, small rotation, colou
 each re-encoded as JPEG. Each of the 5 x N images is then used as an upload; its 4 nearest
 neighbours (itself excluded) should be the other pictures of the same product.
 
-Usage: shop_demo.py [--photos N]     (prints everything; exit 1 if precision@4 < 0.95)
+Last, it readies the catalogue for the search page (scripts/demo_web.py): the application
+role (--app-role, created if missing: LOGIN, no superuser) may read it, and, when a model
+with a text tower is installed, every picture's vector of that model is stored in
+product_image_text_vectors for search by words.
+
+Usage: shop_demo.py [--photos N] [--app-role pgv_app]
+       (prints everything; exit 1 if precision@4 < 0.95)
 """
 import argparse
 import io
@@ -17,7 +23,9 @@ import statistics
 import sys
 import time
 
+import psycopg
 from PIL import Image, ImageEnhance, ImageOps
+from psycopg import sql
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import photos  # noqa: E402
@@ -110,9 +118,58 @@ def precision_at_4(cur):
     return statistics.mean(scores), len(images), statistics.median(latencies)
 
 
+# Models tried for search by words, in order: the trained Fashion-CLIP (make fclip), else the
+# random-weight fixtures, the small one first (the page labels fixtures as such).
+TEXT_MODELS = ("fclip", "clip_fixture", "fclip_fixture")
+
+
+def text_model(cur):
+    """The first installed model of TEXT_MODELS that has a text tower, or None.
+    pg_vision_models() lists the available models but not their towers, so each candidate
+    embeds a word: a model without a text tower fails with 22023, one whose files are
+    missing with 58P01."""
+    cur.execute("SELECT name FROM pg_vision_models() WHERE available")
+    available = {name for (name,) in cur.fetchall()}
+    for name in TEXT_MODELS:
+        if name not in available:
+            continue
+        try:
+            cur.execute("SELECT embed_text(%s, 'probe') IS NOT NULL", (name,))
+            return name
+        except psycopg.Error:
+            continue
+    return None
+
+
+def load_text_vectors(cur):
+    """Stores every picture's vector of the text model (any dimension: a side table, not a
+    column of product_images) and returns the model's name, or None without one."""
+    cur.execute("""CREATE TABLE IF NOT EXISTS product_image_text_vectors (
+                     image_id  uuid PRIMARY KEY REFERENCES product_images (id) ON DELETE CASCADE,
+                     model     text NOT NULL,
+                     embedding vector NOT NULL)""")
+    cur.execute("DELETE FROM product_image_text_vectors")
+    model = text_model(cur)
+    if model:
+        cur.execute("""INSERT INTO product_image_text_vectors (image_id, model, embedding)
+                       SELECT id, %(m)s, embed_image(%(m)s, image) FROM product_images WHERE image IS NOT NULL""",
+                    {"m": model})
+    return model
+
+
+def grant_app_role(cur, role):
+    """The role the search page connects as: LOGIN, no superuser, SELECT on the catalogue."""
+    cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+    if not cur.fetchone():
+        cur.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE").format(sql.Identifier(role)))
+    cur.execute(sql.SQL("GRANT SELECT ON products, product_images, product_image_text_vectors TO {}")
+                .format(sql.Identifier(role)))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", type=int, default=20)
+    ap.add_argument("--app-role", default="pgv_app", help="the role the search page connects as")
     args = ap.parse_args()
     # Every still picture of photos.PHOTOS (photographs first), not the animated GIF.
     names = photos.names("photo", "other", "artwork")[: args.photos]
@@ -146,6 +203,13 @@ def main():
         if p4 < 0.95:
             print("FAIL: precision@4 below 0.95")
             return 1
+
+        t0 = time.perf_counter()
+        model = load_text_vectors(cur)
+        grant_app_role(cur, args.app_role)
+        words = (f"search by words: {model}'s vectors of every picture stored in {time.perf_counter() - t0:.1f} s"
+                 if model else "search by words: no model with a text tower is installed")
+        print(f"\nsearch page ready: role {args.app_role} may read the catalogue; {words}")
     return 0
 
 

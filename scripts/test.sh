@@ -10,7 +10,7 @@
 #   6. extension upgrades from every released version (scripts/upgrade_test.sh: pgrx-tests/upgrade);
 #   7. the end-to-end pytest suites (pgrx-tests/python): memory budget, cancel, hostile
 #      calls from an ordinary role, parity with the reference pipeline and, for fclip_fixture,
-#      with transformers.
+#      with transformers, the demo's search page in headless Chromium.
 # Which runner runs what, and how to run one test: pgrx-tests/README.md.
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
@@ -51,7 +51,7 @@ say "SQL regression tests (pg_regress: pgrx-tests/pg_regress)"
 say "extension upgrade: ALTER EXTENSION pg_vision UPDATE from every released version equals a new install"
 "$REPO/scripts/upgrade_test.sh"
 
-say "end-to-end tests (pytest pgrx-tests/python): memory budget, cancel, hostile calls, parity (cosine >= 0.999)"
+say "end-to-end tests (pytest pgrx-tests/python): memory budget, cancel, hostile calls, parity (cosine >= 0.999), the demo page in Chromium"
 "$PY" -m pytest -q -p no:cacheprovider -rs pgrx-tests/python
 
 say "all tests passed"

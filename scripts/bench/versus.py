@@ -29,12 +29,15 @@ workers (default one per core), each with an onnxruntime session of --threads th
    processes' CPU (pg_vision: the clients' backends; the service: uvicorn's processes and
    their backends) per search and per second (the cores each side got: on a machine doing
    other work too, searches/s follow it), and the clients' own share of the CPU.
+3. with --sweep 1,2,4,8: the throughput phase again for each of those numbers of clients,
+   --sweep-seconds per side each (the curve of scripts/bench/charts.py's throughput chart).
 With --profile, where the time goes, on the latency run's searches: the service's
 Server-Timing header (decode, preprocess, inference, query) and pg_vision_profile()
 (decode, preprocess, inference; one more, untimed, embedding per iteration).
 
 Usage: scripts/bench/versus.py [--rows 2000] [--iterations 200] [--clients 8] [--seconds 20]
-           [--threads 2] [--workers N] [--kernel-spread] [--profile] [--json FILE]
+           [--threads 2] [--workers N] [--kernel-spread] [--profile] [--sweep 1,2,4,8]
+           [--sweep-seconds 10] [--json FILE]
 """
 
 import argparse
@@ -479,6 +482,18 @@ def throughput(side, args, spec, conn, service_pid):
                                                  reverse=True)}
 
 
+def sweep(args, spec, conn, service_pid):
+    """[{clients, side: throughput()}] for each number of clients in --sweep, both sides,
+    --sweep-seconds each."""
+    curve = []
+    for clients in args.sweep:
+        point = argparse.Namespace(**{**vars(args), "clients": clients, "seconds": args.sweep_seconds})
+        curve.append({"clients": clients, **{side: throughput(side, point, spec, conn, service_pid) for side in CLIENTS}})
+        print(f"sweep: {clients} clients: " + ", ".join(
+            f"{side} {curve[-1][side]['searches_per_s']:.1f}/s" for side in CLIENTS), flush=True)
+    return curve
+
+
 # --- report ---------------------------------------------------------------------------------
 
 def versions(conn):
@@ -545,7 +560,8 @@ def measure(args, image):
             print(f"service: pid {service.pid}, {args.workers} uvicorn workers on port {args.port}")
             lat, split, agree = latency(args, spec)
             runs = {side: throughput(side, args, spec, conn, service.pid) for side in CLIENTS}
-    return {**found, "agreement": agree, "search_sql": SEARCH_SQL,
+            curve = sweep(args, spec, conn, service.pid)
+    return {**found, "agreement": agree, "search_sql": SEARCH_SQL, "sweep": curve,
             "latency_ms": lat, "latency_ratio_service_over_pg_vision": lat["service"]["p50"] / lat["pg_vision"]["p50"],
             "profile_ms": split, "throughput": runs,
             "throughput_ratio_pg_vision_over_service": runs["pg_vision"]["searches_per_s"] / runs["service"]["searches_per_s"]}
@@ -565,6 +581,12 @@ def report(settings, r):
         print_split(r["latency_ms"], r["profile_ms"])
     print_throughput(r["throughput"])
     print(f"  pg_vision / service searches/s: {r['throughput_ratio_pg_vision_over_service']:.2f}")
+    if r["sweep"]:
+        print("\nthroughput by number of clients (searches/s; p50 ms)")
+        for point in r["sweep"]:
+            print(f"  {point['clients']:3d} clients: " + ", ".join(
+                f"{side} {point[side]['searches_per_s']:.1f} ({point[side]['latency_ms']['p50']:.1f} ms)"
+                for side in CLIENTS))
 
 
 def main():
@@ -580,6 +602,9 @@ def main():
                     help="leave the service's throughput connections on the workers the kernel gives them "
                          "(default: spread evenly, see spread_evenly())")
     ap.add_argument("--profile", action="store_true", help="also show where each side's time goes")
+    ap.add_argument("--sweep", type=lambda v: [int(n) for n in v.split(",") if n], default=[],
+                    help="also measure throughput at each of these numbers of clients, e.g. 1,2,4,8")
+    ap.add_argument("--sweep-seconds", type=float, default=10, help="throughput window per side and sweep point")
     ap.add_argument("--json", metavar="FILE", help="also save the figures as JSON")
     args = ap.parse_args()
     args.port = args.port or free_port()
@@ -593,6 +618,7 @@ def main():
                 "image": f"1000x1000 JPEG q90, {len(image)} bytes", "iterations": args.iterations,
                 "warmup_calls": WARMUP_CALLS, "clients": args.clients, "seconds": args.seconds,
                 "service_clients_spread": "as the kernel gave them" if args.kernel_spread else "evenly",
+                "sweep_seconds": args.sweep_seconds,
                 "nproc": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
                 # Other work on the machine skews every figure: the load and the steal show it.
                 "loadavg_before": load_before, "loadavg_after": round(os.getloadavg()[0], 2),
