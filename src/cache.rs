@@ -90,8 +90,6 @@ struct Entry<M> {
     /// Measured private bytes held: heap (`heap::measure` around the load), plus pages of
     /// the mapped data file this process wrote to (copy-on-write), if any.
     bytes: u64,
-    /// The mapped data file (prepared files), counted once for the cluster in the budget.
-    shared: Option<Shared>,
     /// `pg_vision.shared_weights` when it was loaded: a change loads it again.
     shared_weights: bool,
     /// Its row in the budget table.
@@ -341,7 +339,6 @@ fn load<M: Cached>(dir: &Path, manifest: Manifest) -> Result<Entry<M>> {
         identity,
         calls: 0,
         bytes,
-        shared,
         shared_weights,
         slot: reservation.keep(),
         last_used: tick(),

@@ -7,6 +7,7 @@ use pgrx::prelude::*;
 use crate::budget;
 use crate::guc;
 
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn pg_vision_memory() -> TableIterator<
     'static,
@@ -35,6 +36,7 @@ fn pg_vision_memory() -> TableIterator<
     }))
 }
 
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn pg_vision_memory_summary() -> TableIterator<
     'static,

@@ -75,7 +75,7 @@ pub struct Prepared {
 /// Which file a tower is loaded from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Choice {
-    Prepared(Prepared),
+    Prepared(Box<Prepared>),
     /// The plain ONNX file; `why` says why the prepared files were not used (`None`: there
     /// are none, or the setting is off: nothing to report).
     Plain {
@@ -156,7 +156,7 @@ pub fn choose(onnx: &Path, source_sha256: &str, host: &Host) -> Choice {
         Err(e) => return Choice::Plain { why: Some(format!("{} is not valid: {e}", sidecar_file.display())) },
     };
     match check(&sidecar, onnx, source_sha256, host) {
-        Ok((prepared, data)) => Choice::Prepared(Prepared { onnx: prepared, data, sidecar: sidecar_source }),
+        Ok((prepared, data)) => Choice::Prepared(Box::new(Prepared { onnx: prepared, data, sidecar: sidecar_source })),
         Err(why) => Choice::Plain { why: Some(format!("{}: {why}", sidecar_file.display())) },
     }
 }
