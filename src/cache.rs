@@ -34,9 +34,13 @@ pub trait Cached: Sized {
     fn intra_threads(&self) -> usize;
     /// Whether it was loaded from its prepared (shared-weights) files, or why not.
     fn choice(&self) -> &Choice;
-    /// Size of the ONNX file, as it was when loaded.
+    /// Size of the files loaded, as they were then: the ONNX file, or the prepared graph
+    /// and its data file.
     fn file_bytes(&self) -> u64 {
-        self.origin().onnx.id.len
+        match self.choice() {
+            Choice::Prepared(p) => p.onnx.id.len + p.data.id.len,
+            Choice::Plain { .. } => self.origin().onnx.id.len,
+        }
     }
 }
 

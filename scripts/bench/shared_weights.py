@@ -36,7 +36,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/, for photos.py
-from photos import alter_system, connect, shipped  # noqa: E402
+from photos import alter_system, connect, shipped, state_dir  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MB = 1e6
@@ -53,13 +53,18 @@ def sha256(path):
     return h.hexdigest()
 
 
-def install_vit_fixture(c):
-    """Builds (if missing) and installs the ViT-B/32-sized fixture as model vit_fixture, with
-    its prepared files; each file renamed into place."""
-    dest = c.execute("SELECT current_setting('pg_vision.model_dir')").fetchone()[0]
-    if dest.startswith("$sharedir"):
-        sharedir = subprocess.run([os.environ.get("PG_CONFIG", "pg_config"), "--sharedir"], capture_output=True, text=True, check=True).stdout.strip()
-        dest = sharedir + dest[len("$sharedir"):]
+def model_dir(model):
+    """The model directory a connection uses for `model`: the fixture has one of its own
+    (under the cluster's state directory), so that it never shows in the installed list."""
+    return os.path.join(state_dir(), "bench-models") if model == "vit_fixture" else None
+
+
+def install_vit_fixture():
+    """Builds (if missing) and installs the ViT-B/32-sized fixture as model vit_fixture in
+    model_dir("vit_fixture"), with its prepared files; each file renamed into place."""
+    dest = model_dir("vit_fixture")
+    os.makedirs(dest, exist_ok=True)
+    os.chmod(dest, 0o755)
     shas = {}
     for tower, name in VIT_FILES.items():
         src = os.path.join(REPO, "models", name)
@@ -111,20 +116,25 @@ def use(c, model, tower, image):
         c.execute("SELECT embed_text(%s, %s) IS NOT NULL", (model, TEXT)).fetchone()
 
 
-def open_conn(shared):
+def open_conn(model, shared):
+    """A connection with the setting on or off; the tiny model loaded first from the
+    installed models (ONNX Runtime's library and environment are then in place), then
+    pointed at `model`'s directory."""
     c = connect()
     c.autocommit = True
     c.execute(f"SET pg_vision.shared_weights = {'on' if shared else 'off'}")
+    c.execute("SELECT count(*) FROM pg_vision_warmup(ARRAY['clip_fixture'])").fetchone()
+    if model_dir(model):
+        c.execute("SELECT set_config('pg_vision.model_dir', %s, false)", (model_dir(model),))
     return c
 
 
 def memory(model, shared, n, image):
     """PSS bytes added by `model` in n connections together, and the budget's summary then."""
-    conns = [open_conn(shared) for _ in range(n)]
+    conns = [open_conn(model, shared) for _ in range(n)]
     try:
         pids = []
         for c in conns:
-            c.execute("SELECT count(*) FROM pg_vision_warmup(ARRAY['clip_fixture'])").fetchone()
             pids.append(c.execute("SELECT pg_backend_pid()").fetchone()[0])
         before = sum(pss(p) for p in pids)
         for c in conns:
@@ -142,7 +152,7 @@ def memory(model, shared, n, image):
 
 
 def latency(model, tower, image, runs):
-    on, off = open_conn(True), open_conn(False)
+    on, off = open_conn(model, True), open_conn(model, False)
     try:
         for c in (on, off):
             for _ in range(5):
@@ -172,9 +182,9 @@ def main():
     args = ap.parse_args()
     models = args.models.split(",")
     image = png224()
+    if "vit_fixture" in models:
+        install_vit_fixture()
     with connect() as c:
-        if "vit_fixture" in models:
-            install_vit_fixture(c)
         ort = c.execute("SELECT current_setting('pg_vision.onnxruntime_library')").fetchone()[0]
     print(f"models: {', '.join(models)}; {args.n} connections; {args.runs} latency runs", flush=True)
     # Unshared, 8 connections hold 8 copies of the ViT fixture (about 5 GB): the budget is
