@@ -323,6 +323,9 @@ pub fn reserve(
         let Some(i) = t.slots.iter().position(|s| s.pid == 0) else {
             return Err(t.shortfall(budget, true));
         };
+        // A file other backends map already counts as they measured it; the caller's
+        // figure is only an expectation.
+        let held = |key| t.slots.iter().find(|x| x.pid != 0 && x.shared_key == key).map(|x| x.shared_bytes);
         let new = Slot {
             pid,
             tower: tower as u8,
@@ -332,7 +335,7 @@ pub fn reserve(
             calls: 0,
             release: false,
             shared_key: shared.map_or(0, |s| s.key),
-            shared_bytes: shared.map_or(0, |s| s.bytes),
+            shared_bytes: shared.map_or(0, |s| held(s.key).unwrap_or(s.bytes)),
             shared_file: Name::new(shared.map_or("", |s| s.file)),
         };
         t.try_set(i, new, budget, limit)?;
