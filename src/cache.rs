@@ -318,7 +318,7 @@ fn load<M: Cached>(dir: &Path, manifest: Manifest) -> Result<Entry<M>> {
     let (bytes, shared) = match model.choice() {
         Choice::Prepared(p) => {
             let m = prepared::mapped(&p.data);
-            (heap_bytes + m.private_dirty, Some(Shared::of(&p.data, m.size)))
+            (heap_bytes + m.anonymous, Some(Shared::of(&p.data, m.size)))
         }
         Choice::Plain { why } => {
             if let Some(why) = why {

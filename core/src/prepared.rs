@@ -200,12 +200,15 @@ fn check(s: &Sidecar, onnx: &Path, source_sha256: &str, host: &Host) -> Result<(
 
 /// Bytes of this process's mappings of the file `data` (matched by inode and path), from
 /// /proc/self/smaps: what ONNX Runtime mapped of it, and the pages of those mappings this
-/// process has written to (copy-on-write: its own, never shared).
+/// process has written to (`Anonymous`: copies made on write, its own, never shared). Not
+/// `Private_Dirty`: page-cache pages of a file written moments ago (models.sh has just
+/// prepared it) are dirty until written back, and mapped by one process they show there,
+/// though they are the file's shared pages.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Mapped {
     pub size: u64,
     pub rss: u64,
-    pub private_dirty: u64,
+    pub anonymous: u64,
 }
 
 /// `Mapped` for `data` from the text of an smaps file.
@@ -232,7 +235,7 @@ pub fn mapped_from(smaps: &str, data: &Source) -> Mapped {
         match first {
             "Size:" => out.size += kb(fields.next()),
             "Rss:" => out.rss += kb(fields.next()),
-            "Private_Dirty:" => out.private_dirty += kb(fields.next()),
+            "Anonymous:" => out.anonymous += kb(fields.next()),
             _ => {}
         }
     }
@@ -358,13 +361,13 @@ mod tests {
         let p = data.path.display();
         let ino = data.id.ino;
         let smaps = format!(
-            "7f00-7f10 rw-p 00000000 08:01 {ino}      {p}\nSize:  64 kB\nRss:  60 kB\nPrivate_Dirty:  4 kB\n\
-             7f10-7f20 r--p 00000000 08:01 {}   {p}\nSize:  1000 kB\nRss: 1000 kB\nPrivate_Dirty: 0 kB\n\
-             7f20-7f30 rw-p 00010000 08:01 {ino}      {p}\nSize:  16 kB\nRss:  8 kB\nPrivate_Dirty:  0 kB\n\
-             7f30-7f40 rw-p 00000000 00:00 0 \nSize:  500 kB\nRss:  500 kB\nPrivate_Dirty: 500 kB\n",
+            "7f00-7f10 rw-p 00000000 08:01 {ino}      {p}\nSize:  64 kB\nRss:  60 kB\nPrivate_Dirty:  60 kB\nAnonymous:  4 kB\n\
+             7f10-7f20 r--p 00000000 08:01 {}   {p}\nSize:  1000 kB\nRss: 1000 kB\nAnonymous: 8 kB\n\
+             7f20-7f30 rw-p 00010000 08:01 {ino}      {p}\nSize:  16 kB\nRss:  8 kB\nAnonymous:  0 kB\n\
+             7f30-7f40 rw-p 00000000 00:00 0 \nSize:  500 kB\nRss:  500 kB\nAnonymous: 500 kB\n",
             ino + 1
         );
-        assert_eq!(mapped_from(&smaps, &data), Mapped { size: 80 * 1024, rss: 68 * 1024, private_dirty: 4 * 1024 });
+        assert_eq!(mapped_from(&smaps, &data), Mapped { size: 80 * 1024, rss: 68 * 1024, anonymous: 4 * 1024 });
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
