@@ -183,7 +183,15 @@ impl Table {
     }
 
     fn shortfall(&self, budget: u64, full: bool) -> Shortfall {
-        Shortfall { budget, used: self.used(), mine: self.mine(), backends: self.backends(), full, backend_limit: None }
+        Shortfall {
+            budget,
+            used: self.used(),
+            mine: self.mine(),
+            backends: self.backends(),
+            full,
+            backend_limit: None,
+            adds: 0,
+        }
     }
 
     /// Puts `new` in row `i` if what it adds (private bytes, and its shared file unless
@@ -196,11 +204,12 @@ impl Table {
         let (used_after, mapped_after) = (self.used(), self.mine_mapped());
         if let Some(limit) = limit.filter(|&l| mapped_after > mapped && mapped_after > l) {
             self.slots[i] = old;
-            return Err(Shortfall { backend_limit: Some(limit), ..self.shortfall(budget, false) });
+            let adds = mapped_after - mapped;
+            return Err(Shortfall { backend_limit: Some(limit), adds, ..self.shortfall(budget, false) });
         }
         if used_after > used && used_after > budget {
             self.slots[i] = old;
-            return Err(self.shortfall(budget, false));
+            return Err(Shortfall { adds: used_after - used, ..self.shortfall(budget, false) });
         }
         Ok(())
     }
@@ -260,6 +269,9 @@ pub struct Shortfall {
     /// Set when it is this backend's own limit (`pg_vision.backend_memory_limit`) that
     /// does not fit, not the budget.
     pub backend_limit: Option<u64>,
+    /// What the refused change would have added (private bytes, and a shared file no other
+    /// backend maps yet); 0 when unknown (the table was full).
+    pub adds: u64,
 }
 
 /// Bytes to reserve before loading: the last measurement of this model file, else

@@ -179,12 +179,15 @@ fn reserve_evicting_lru<T>(
         match attempt(guc::memory_budget_bytes(), guc::backend_memory_limit_bytes()) {
             Ok(v) => return Ok(v),
             Err(short) => {
+                // What the tower needs: its private bytes, plus its shared file when no other
+                // backend maps it (the budget computed what the refused change added).
+                let adds = short.adds.max(bytes);
                 let hopeless = match short.backend_limit {
-                    Some(limit) => bytes > limit,
-                    None => !short.full && short.used - short.mine + bytes > short.budget,
+                    Some(limit) => adds > limit,
+                    None => !short.full && short.used - short.mine + adds > short.budget,
                 };
                 if hopeless || !evict_lru() {
-                    return Err(does_not_fit(name, tower, bytes, &short));
+                    return Err(does_not_fit(name, tower, adds, &short));
                 }
             }
         }
