@@ -6,11 +6,11 @@
 # under custom and generic plans (forms.py), against the Python service pg_vision replaced
 # (versus.py, which starts service.py), ONNX Runtime session options and the memo's hashing
 # (Rust examples in core/examples/), first-call latency with and without preload
-# (preload_latency.py), 8 clients under a tight memory budget (load.py) and the peak memory
-# of one decode at the pixel limit (decode_peak_memory.py), memory per backend against the
-# number of backends (memory.py). Results in bench-results/ and on the terminal; last,
-# charts.py draws bench-results/latency.png, throughput.png and memory.png from the JSON the
-# drivers saved.
+# (preload_latency.py), shared weights' memory and speed (shared_weights.py), 8 clients
+# under a tight memory budget (load.py) and the peak memory of one decode at the pixel limit
+# (decode_peak_memory.py), memory per backend against the number of backends (memory.py).
+# Results in bench-results/ and on the terminal; last, charts.py draws
+# bench-results/latency.png, throughput.png and memory.png from the JSON the drivers saved.
 # Usage: scripts/bench.sh [latency.py args]
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
@@ -41,6 +41,8 @@ say "first-call latency with and without pg_vision.preload_models"
 "$PY" scripts/bench/preload_latency.py
 say "load: 8 clients for 60 s under a 100 MB memory budget"
 "$PY" scripts/bench/load.py --clients 8 --seconds 60 --budget-mb 100
+say "shared weights: PSS of 1 and 8 connections holding a model, latency, pg_vision.shared_weights on and off"
+PG_CONFIG="$PG_CONFIG" "$PY" scripts/bench/shared_weights.py --n 8 --json bench-results/shared_weights.json
 say "peak memory of one decode at the pixel limit"
 "$PY" scripts/bench/decode_peak_memory.py
 say "memory per backend against the number of backends"

@@ -42,9 +42,12 @@ if bad:
 PYEOF
 dest="$("$PG_CONFIG" --sharedir)/pg_vision"
 mkdir -p "$dest"
+# Copied to a temporary name, then renamed into place: a backend may have the old file open
+# or mapped, and a file rewritten in place under a mapping is SIGBUS in that backend.
 for f in models/*.onnx; do
   [ -e "$f" ] || continue
-  cmp -s "$f" "$dest/$(basename "$f")" || { cp "$f" "$dest/"; echo "installed $dest/$(basename "$f")"; }
+  t="$dest/$(basename "$f")"
+  cmp -s "$f" "$t" || { cp "$f" "$t.tmp.$$" && mv -f "$t.tmp.$$" "$t"; echo "installed $t"; }
 done
 # Manifests are installed with the sha256 of every ONNX file present: a manifest that
 # declares none (fclip: its export is not byte-reproducible) is stamped with the file's, so
@@ -63,8 +66,36 @@ for manifest in sorted(glob.glob("models/*.json")):
             text = json.dumps(m, indent=2) + "\n"
     target = os.path.join(dest, os.path.basename(manifest))
     if not os.path.exists(target) or open(target).read() != text:
-        with open(target, "w") as f:
+        with open(target + ".tmp", "w") as f:
             f.write(text)
+        os.replace(target + ".tmp", target)
         print(f"installed {target}")
 PYEOF
 chmod -R a+rX "$dest"
+
+# Shared weights (README "Memory budget"): for every installed tower, its graph optimised
+# for this ONNX Runtime and this CPU, with its weights (prepacked ones too) in a data file
+# that every backend maps, and a sidecar saying for which version, CPU and weights; skipped
+# when the sidecar already matches. PG_VISION_SHARED_WEIGHTS=off skips it.
+if [ "${PG_VISION_SHARED_WEIGHTS:-on}" != off ]; then
+  "$PY" - "$dest" <<'PYEOF'
+import glob, json, os, subprocess, sys
+dest = sys.argv[1]
+for manifest in sorted(glob.glob(os.path.join(dest, "*.json"))):
+    if manifest.endswith(".shared.json"):
+        continue
+    try:
+        m = json.load(open(manifest))
+    except ValueError:
+        continue
+    for tower in (m, m.get("text") or {}):
+        path = os.path.join(dest, tower.get("onnx_file", ""))
+        if tower.get("onnx_file") and os.path.isfile(path):
+            cmd = [sys.executable, "scripts/prepare_shared_weights.py", path]
+            if tower.get("onnx_sha256"):
+                cmd += ["--sha256", tower["onnx_sha256"]]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
+            if not out.endswith("up to date"):
+                print(out)
+PYEOF
+fi

@@ -515,3 +515,49 @@ SELECT r AS relation,
        LATERAL (SELECT coalesce(q.relation, b.relation) AS r) x;
 COMMENT ON VIEW pg_vision_indexing IS 'asynchronous indexing per table: queue depth, rate, age, workers, last error';
 GRANT SELECT ON pg_vision_indexing TO PUBLIC;
+
+-- ============================================================================================
+-- Shared weights (issue 12 part 5; src/budget.rs, src/memory_views.rs). Kept apart from the
+-- rest of this script: the budget counts each backend's private bytes, and each mapped
+-- (shared) weights file once for the cluster. pg_vision_memory gains the file a row maps and
+-- its bytes; pg_vision_memory_summary gains private, shared and shared_files. New output
+-- columns need the functions (and the views over them) dropped and created again.
+DROP VIEW pg_vision_memory;
+DROP VIEW pg_vision_memory_summary;
+DROP FUNCTION pg_vision_memory();
+DROP FUNCTION pg_vision_memory_summary();
+CREATE FUNCTION "pg_vision_memory"() RETURNS TABLE (
+	"pid" INT,
+	"model" TEXT,
+	"tower" TEXT,
+	"bytes" bigint,
+	"last_used" timestamp with time zone,
+	"calls" bigint,
+	"shared_file" TEXT,
+	"shared_bytes" bigint
+)
+STRICT VOLATILE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'pg_vision_memory_wrapper';
+CREATE FUNCTION "pg_vision_memory_summary"() RETURNS TABLE (
+	"budget" bigint,
+	"used" bigint,
+	"backends" INT,
+	"models" INT,
+	"evictions" bigint,
+	"cluster_wide" bool,
+	"private" bigint,
+	"shared" bigint,
+	"shared_files" INT
+)
+STRICT VOLATILE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'pg_vision_memory_summary_wrapper';
+CREATE VIEW pg_vision_memory AS SELECT * FROM pg_vision_memory();
+COMMENT ON VIEW pg_vision_memory IS 'models held in memory, per backend and tower (whole cluster with shared_preload_libraries): bytes private to the backend, and the shared weights file it maps';
+CREATE VIEW pg_vision_memory_summary AS SELECT * FROM pg_vision_memory_summary();
+COMMENT ON VIEW pg_vision_memory_summary IS 'pg_vision.memory_budget, bytes in use (private bytes plus each shared weights file once), backends holding models, evictions so far';
+REVOKE EXECUTE ON FUNCTION pg_vision_memory(), pg_vision_memory_summary() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pg_vision_memory(), pg_vision_memory_summary() TO pg_monitor;
+GRANT SELECT ON pg_vision_memory, pg_vision_memory_summary TO pg_monitor;
+-- ============================================================================================

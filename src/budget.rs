@@ -7,7 +7,14 @@
 //!
 //! A backend reserves a model's bytes here *before* loading it (estimate: the last size
 //! measured for that model file, else `ESTIMATE_FACTOR` x the ONNX file), then corrects the
-//! row to the measured size. Rows are released on eviction, unload, failed load, and when
+//! row to the measured size.
+//!
+//! A tower loaded from its prepared files (`pg_vision_core::prepared`) holds two kinds of
+//! memory: private bytes (its heap: graph, buffers, small initializers) and the mapped data
+//! file, whose pages every backend mapping it shares. A row records both, the shared part
+//! with the data file's identity (`shared_key`); the total counts private bytes per row
+//! and each shared file once, however many rows map it, so the file's bytes leave the
+//! total when the last row holding it is released. Rows are released on eviction, unload, failed load, and when
 //! the backend exits: a `before_shmem_exit` callback covers normal exit, FATAL errors and
 //! `pg_terminate_backend`. A crashed backend makes the postmaster reinitialise shared
 //! memory, which empties the table. Nothing here raises a PostgreSQL error while holding
@@ -68,6 +75,11 @@ struct Slot {
     calls: u64,
     /// Another backend asked this one to give its models back (`pg_vision_release_models`).
     release: bool,
+    /// The mapped (shared) data file's identity, 0 for none, and its mapped bytes: counted
+    /// once across every row with the same key.
+    shared_key: u64,
+    shared_bytes: u64,
+    shared_file: Name,
 }
 
 #[derive(Copy, Clone)]
@@ -92,14 +104,52 @@ unsafe impl PGRXSharedMemory for Table {}
 
 impl Table {
     const EMPTY: Table = Table {
-        slots: [Slot { pid: 0, tower: 0, name: Name::EMPTY, bytes: 0, last_used: 0, calls: 0, release: false }; SLOTS],
+        slots: [Slot {
+            pid: 0,
+            tower: 0,
+            name: Name::EMPTY,
+            bytes: 0,
+            last_used: 0,
+            calls: 0,
+            release: false,
+            shared_key: 0,
+            shared_bytes: 0,
+            shared_file: Name::EMPTY,
+        }; SLOTS],
         memos: [Memo { tower: 0, name: Name::EMPTY, file_bytes: 0, measured: 0 }; MEMOS],
         next_memo: 0,
         evictions: 0,
     };
 
+    /// Private bytes of every row plus each shared file once.
     fn used(&self) -> u64 {
+        self.private() + self.shared().iter().map(|&(_, b, _)| b).sum::<u64>()
+    }
+
+    fn private(&self) -> u64 {
         self.slots.iter().filter(|s| s.pid != 0).map(|s| s.bytes).sum()
+    }
+
+    /// Each shared file held by some row: (key, bytes, whether only this backend holds it).
+    fn shared(&self) -> Vec<(u64, u64, bool)> {
+        let pid = my_pid();
+        let mut held: Vec<(u64, u64, bool)> = self
+            .slots
+            .iter()
+            .filter(|s| s.pid != 0 && s.shared_key != 0)
+            .map(|s| (s.shared_key, s.shared_bytes, s.pid == pid))
+            .collect();
+        held.sort_unstable_by_key(|h| h.0);
+        // One entry per key: the largest mapping seen, "mine alone" only if every row is mine.
+        held.dedup_by(|next, kept| {
+            if next.0 != kept.0 {
+                return false;
+            }
+            kept.1 = kept.1.max(next.1);
+            kept.2 &= next.2;
+            true
+        });
+        held
     }
 
     fn backends(&self) -> usize {
@@ -109,23 +159,57 @@ impl Table {
         pids.len()
     }
 
+    /// What evicting all of this backend's models would free: its private bytes and the
+    /// shared files no other backend maps.
     fn mine(&self) -> u64 {
         let pid = my_pid();
-        self.slots.iter().filter(|s| s.pid == pid).map(|s| s.bytes).sum()
+        let private: u64 = self.slots.iter().filter(|s| s.pid == pid).map(|s| s.bytes).sum();
+        private + self.shared().iter().filter(|h| h.2).map(|h| h.1).sum::<u64>()
+    }
+
+    /// What this backend has in its address space, against `pg_vision.backend_memory_limit`:
+    /// its private bytes and every shared file it maps, in full.
+    fn mine_mapped(&self) -> u64 {
+        let pid = my_pid();
+        let mut keys: Vec<(u64, u64)> = self
+            .slots
+            .iter()
+            .filter(|s| s.pid == pid && s.shared_key != 0)
+            .map(|s| (s.shared_key, s.shared_bytes))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup_by_key(|k| k.0);
+        self.slots.iter().filter(|s| s.pid == pid).map(|s| s.bytes).sum::<u64>() + keys.iter().map(|k| k.1).sum::<u64>()
     }
 
     fn shortfall(&self, budget: u64, full: bool) -> Shortfall {
-        Shortfall { budget, used: self.used(), mine: self.mine(), backends: self.backends(), full, backend_limit: None }
+        Shortfall {
+            budget,
+            used: self.used(),
+            mine: self.mine(),
+            backends: self.backends(),
+            full,
+            backend_limit: None,
+            adds: 0,
+        }
     }
 
-    /// Whether this backend may grow by `more` bytes: within the budget, and within its own
-    /// limit when one is set.
-    fn check_growth(&self, more: u64, budget: u64, limit: Option<u64>) -> Result<(), Shortfall> {
-        if let Some(limit) = limit.filter(|&l| self.mine() + more > l) {
-            return Err(Shortfall { backend_limit: Some(limit), ..self.shortfall(budget, false) });
+    /// Puts `new` in row `i` if what it adds (private bytes, and its shared file unless
+    /// another row holds it already) stays within the budget, and within this backend's
+    /// own limit when one is set; else leaves the row as it was. Shrinking always fits.
+    fn try_set(&mut self, i: usize, new: Slot, budget: u64, limit: Option<u64>) -> Result<(), Shortfall> {
+        let old = self.slots[i];
+        let (used, mapped) = (self.used(), self.mine_mapped());
+        self.slots[i] = new;
+        let (used_after, mapped_after) = (self.used(), self.mine_mapped());
+        if let Some(limit) = limit.filter(|&l| mapped_after > mapped && mapped_after > l) {
+            self.slots[i] = old;
+            let adds = mapped_after - mapped;
+            return Err(Shortfall { backend_limit: Some(limit), adds, ..self.shortfall(budget, false) });
         }
-        if self.used() + more > budget {
-            return Err(self.shortfall(budget, false));
+        if used_after > used && used_after > budget {
+            self.slots[i] = old;
+            return Err(Shortfall { adds: used_after - used, ..self.shortfall(budget, false) });
         }
         Ok(())
     }
@@ -185,19 +269,26 @@ pub struct Shortfall {
     /// Set when it is this backend's own limit (`pg_vision.backend_memory_limit`) that
     /// does not fit, not the budget.
     pub backend_limit: Option<u64>,
+    /// What the refused change would have added (private bytes, and a shared file no other
+    /// backend maps yet); 0 when unknown (the table was full).
+    pub adds: u64,
 }
 
 /// Bytes to reserve before loading: the last measurement of this model file, else
 /// `ESTIMATE_FACTOR` x its size.
 pub fn estimate(name: &str, tower: Tower, file_bytes: u64) -> u64 {
+    measured(name, tower, file_bytes).unwrap_or(file_bytes * ESTIMATE_FACTOR)
+}
+
+/// The last measurement of this model file, if any.
+pub fn measured(name: &str, tower: Tower, file_bytes: u64) -> Option<u64> {
     let n = Name::new(name);
-    let measured = with_table(|t| {
+    with_table(|t| {
         t.memos
             .iter()
             .find(|m| m.tower == tower as u8 && m.file_bytes == file_bytes && m.name.as_str() == n.as_str())
             .map(|m| m.measured)
-    });
-    measured.unwrap_or(file_bytes * ESTIMATE_FACTOR)
+    })
 }
 
 /// Records a measured size, for the next backend's estimate.
@@ -216,9 +307,24 @@ pub fn remember(name: &str, tower: Tower, file_bytes: u64, measured: u64) {
     })
 }
 
-/// Reserves `bytes` for this backend's `name` tower if the total stays within `budget`;
-/// returns the row to pass to `resize`, `touch` and `release`.
-pub fn reserve(name: &str, tower: Tower, bytes: u64, budget: u64, limit: Option<u64>) -> Result<usize, Shortfall> {
+/// A tower's mapped, shared data file: its identity (nonzero), bytes and file name.
+#[derive(Clone, Copy)]
+pub struct SharedFile<'a> {
+    pub key: u64,
+    pub bytes: u64,
+    pub file: &'a str,
+}
+
+/// Reserves `bytes` (private) and `shared` for this backend's `name` tower if the total
+/// stays within `budget`; returns the row to pass to `resize`, `touch` and `release`.
+pub fn reserve(
+    name: &str,
+    tower: Tower,
+    bytes: u64,
+    shared: Option<SharedFile<'_>>,
+    budget: u64,
+    limit: Option<u64>,
+) -> Result<usize, Shortfall> {
     if is_shared() {
         register_exit_hook();
     } else {
@@ -229,26 +335,49 @@ pub fn reserve(name: &str, tower: Tower, bytes: u64, budget: u64, limit: Option<
         let Some(i) = t.slots.iter().position(|s| s.pid == 0) else {
             return Err(t.shortfall(budget, true));
         };
-        t.check_growth(bytes, budget, limit)?;
-        t.slots[i] =
-            Slot { pid, tower: tower as u8, name: Name::new(name), bytes, last_used: now(), calls: 0, release: false };
+        // A file other backends map already counts as they measured it; the caller's
+        // figure is only an expectation.
+        let held = |key| t.slots.iter().find(|x| x.pid != 0 && x.shared_key == key).map(|x| x.shared_bytes);
+        let new = Slot {
+            pid,
+            tower: tower as u8,
+            name: Name::new(name),
+            bytes,
+            last_used: now(),
+            calls: 0,
+            release: false,
+            shared_key: shared.map_or(0, |s| s.key),
+            shared_bytes: shared.map_or(0, |s| held(s.key).unwrap_or(s.bytes)),
+            shared_file: Name::new(shared.map_or("", |s| s.file)),
+        };
+        t.try_set(i, new, budget, limit)?;
         Ok(i)
     })
 }
 
-/// Sets a row to a measured size; growing it must still fit in `budget`.
-pub fn resize(slot: usize, bytes: u64, budget: u64, limit: Option<u64>) -> Result<(), Shortfall> {
+/// Sets a row to the measured private bytes and shared file; growing the total must still
+/// fit in `budget`.
+pub fn resize(
+    slot: usize,
+    bytes: u64,
+    shared: Option<SharedFile<'_>>,
+    budget: u64,
+    limit: Option<u64>,
+) -> Result<(), Shortfall> {
     let pid = my_pid();
     with_table(|t| {
         let s = t.slots[slot];
         if s.pid != pid {
             return Ok(());
         }
-        if bytes > s.bytes {
-            t.check_growth(bytes - s.bytes, budget, limit)?;
-        }
-        t.slots[slot].bytes = bytes;
-        Ok(())
+        let new = Slot {
+            bytes,
+            shared_key: shared.map_or(0, |s| s.key),
+            shared_bytes: shared.map_or(0, |s| s.bytes),
+            shared_file: Name::new(shared.map_or("", |s| s.file)),
+            ..s
+        };
+        t.try_set(slot, new, budget, limit)
     })
 }
 
@@ -271,6 +400,7 @@ pub fn release(slot: usize) {
         if t.slots[slot].pid == pid {
             t.slots[slot].pid = 0;
             t.slots[slot].bytes = 0;
+            t.slots[slot].shared_key = 0;
         }
     })
 }
@@ -308,6 +438,7 @@ fn release_all_mine() {
         for s in t.slots.iter_mut().filter(|s| s.pid == pid) {
             s.pid = 0;
             s.bytes = 0;
+            s.shared_key = 0;
         }
     })
 }
@@ -348,6 +479,9 @@ pub struct Row {
     pub bytes: u64,
     pub last_used: i64,
     pub calls: u64,
+    /// The shared data file this tower maps ("" for none) and its mapped bytes.
+    pub shared_file: String,
+    pub shared_bytes: u64,
 }
 
 /// Every row: the whole cluster's (shared) or this backend's.
@@ -373,12 +507,18 @@ fn collect(t: &Table) -> Vec<Row> {
             bytes: s.bytes,
             last_used: s.last_used,
             calls: s.calls,
+            shared_file: s.shared_file.as_str().to_owned(),
+            shared_bytes: if s.shared_key == 0 { 0 } else { s.shared_bytes },
         })
         .collect()
 }
 
 pub struct Summary {
     pub used: u64,
+    /// Of `used`: private bytes of every row, and the shared files, each counted once.
+    pub private: u64,
+    pub shared: u64,
+    pub shared_files: usize,
     pub backends: usize,
     pub models: usize,
     pub evictions: u64,
@@ -387,6 +527,9 @@ pub struct Summary {
 pub fn summary() -> Summary {
     let f = |t: &Table| Summary {
         used: t.used(),
+        private: t.private(),
+        shared: t.used() - t.private(),
+        shared_files: t.shared().len(),
         backends: t.backends(),
         models: t.slots.iter().filter(|s| s.pid != 0).count(),
         evictions: t.evictions,

@@ -17,6 +17,7 @@ pub static MAX_IMAGE_PIXELS_CEILING: GucSetting<i32> = GucSetting::<i32>::new(50
 pub static MAX_IMAGE_BYTES_CEILING: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024 * 1024);
 pub static ACCEPT_DAMAGED_IMAGES: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static JPEG_DCT_SCALING: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static SHARED_WEIGHTS: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// In MB. Bounds what loaded models hold across all backends, so a burst of connections
 /// cannot multiply a model's memory by max_connections. The 1 GB default holds one CLIP
 /// ViT-B/32 with both towers (about 600 MB of float32 weights) or dozens of small CNNs.
@@ -121,6 +122,14 @@ pub fn register() {
         c"Embed truncated or corrupt images as far as they decode, instead of refusing them (SQLSTATE 22P03).",
         c"For legacy catalogues only: the missing part of such an image comes out grey, and its vector describes that.",
         &ACCEPT_DAMAGED_IMAGES,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"pg_vision.shared_weights",
+        c"Load a model's prepared files (one copy of the weights, mapped by every backend) when they match this ONNX Runtime and CPU.",
+        c"scripts/models.sh prepares them (<file>.shared.onnx, .shared.onnx.data, .shared.json). Off: every backend reads its own copy of the plain ONNX file. Applies to models loaded after the change.",
+        &SHARED_WEIGHTS,
         GucContext::Suset,
         GucFlags::default(),
     );
@@ -303,6 +312,10 @@ pub fn memo_limits() -> pg_vision_core::memo::Limits {
 /// (`SessionOptions::intra_threads`).
 pub fn intra_op_threads() -> usize {
     INTRA_OP_THREADS.get().max(0) as usize
+}
+
+pub fn shared_weights() -> bool {
+    SHARED_WEIGHTS.get()
 }
 
 pub fn memory_budget_bytes() -> u64 {

@@ -7,6 +7,7 @@ use pgrx::prelude::*;
 use crate::budget;
 use crate::guc;
 
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn pg_vision_memory() -> TableIterator<
     'static,
@@ -17,6 +18,8 @@ fn pg_vision_memory() -> TableIterator<
         name!(bytes, i64),
         name!(last_used, Option<TimestampWithTimeZone>),
         name!(calls, i64),
+        name!(shared_file, Option<String>),
+        name!(shared_bytes, i64),
     ),
 > {
     TableIterator::new(budget::rows().into_iter().map(|r| {
@@ -27,10 +30,13 @@ fn pg_vision_memory() -> TableIterator<
             r.bytes as i64,
             TimestampWithTimeZone::try_from(r.last_used).ok(),
             r.calls as i64,
+            (!r.shared_file.is_empty()).then_some(r.shared_file),
+            r.shared_bytes as i64,
         )
     }))
 }
 
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn pg_vision_memory_summary() -> TableIterator<
     'static,
@@ -41,6 +47,9 @@ fn pg_vision_memory_summary() -> TableIterator<
         name!(models, i32),
         name!(evictions, i64),
         name!(cluster_wide, bool),
+        name!(private, i64),
+        name!(shared, i64),
+        name!(shared_files, i32),
     ),
 > {
     let s = budget::summary();
@@ -51,15 +60,18 @@ fn pg_vision_memory_summary() -> TableIterator<
         s.models as i32,
         s.evictions as i64,
         budget::is_shared(),
+        s.private as i64,
+        s.shared as i64,
+        s.shared_files as i32,
     ))
 }
 
 extension_sql!(
     r#"
 CREATE VIEW pg_vision_memory AS SELECT * FROM pg_vision_memory();
-COMMENT ON VIEW pg_vision_memory IS 'models held in memory, per backend and tower (whole cluster with shared_preload_libraries)';
+COMMENT ON VIEW pg_vision_memory IS 'models held in memory, per backend and tower (whole cluster with shared_preload_libraries): bytes private to the backend, and the shared weights file it maps';
 CREATE VIEW pg_vision_memory_summary AS SELECT * FROM pg_vision_memory_summary();
-COMMENT ON VIEW pg_vision_memory_summary IS 'pg_vision.memory_budget, bytes in use, backends holding models, evictions so far';
+COMMENT ON VIEW pg_vision_memory_summary IS 'pg_vision.memory_budget, bytes in use (private bytes plus each shared weights file once), backends holding models, evictions so far';
 "#,
     name = "memory_views",
     requires = [pg_vision_memory, pg_vision_memory_summary]
@@ -119,6 +131,9 @@ mod tests {
 
     #[pg_test]
     fn loads_are_measured_evicted_and_refused_within_the_budget() {
+        // Each backend's own copy of the weights, as without prepared files (models.sh
+        // prepares them; pgrx-tests/python/test_shared_weights.py tests that accounting).
+        Spi::run("SET pg_vision.shared_weights = off").unwrap();
         Spi::run("SELECT pg_vision_unload()").unwrap();
         load("efficientnet").unwrap();
         let bytes = Spi::get_one::<i64>("SELECT bytes FROM pg_vision_loaded_models() WHERE name = 'efficientnet'")
@@ -157,6 +172,7 @@ mod tests {
         assert_eq!(Spi::get_one::<i32>("SELECT pg_vision_unload()").unwrap(), Some(1));
         assert_eq!(Spi::get_one::<i64>("SELECT used FROM pg_vision_memory_summary").unwrap(), Some(0));
         assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM pg_vision_memory").unwrap(), Some(0));
+        Spi::run("RESET pg_vision.shared_weights").unwrap();
     }
 
     #[pg_test]

@@ -1,7 +1,7 @@
 //! One copy of a model's weights for every process: which ONNX Runtime loading mechanism
 //! gives it, measured in separate processes, as PostgreSQL backends are.
 //!
-//!     .pgv/venv/bin/python scripts/prepare_shared_weights.py models/efficientnet-lite0.onnx   # once per model
+//!     .pgv/venv/bin/python scripts/prepare_shared_weights.py --study models/efficientnet-lite0.onnx   # once per model
 //!     PG_VISION_ORT_LIB=/path/to/libonnxruntime.so \
 //!       cargo run --release -p pg_vision_core --example shared_weights -- models/efficientnet-lite0.onnx \
 //!       [--prep target/shared-weights] [--n 8] [--runs 100] [--threads 2] [--only today,optpp]
@@ -468,7 +468,11 @@ fn main() {
         }
         let file = file_of(v, &model, &prep);
         if !file.exists() {
-            println!("{:<28} skipped: no {} (scripts/prepare_shared_weights.py makes it)", v.name, file.display());
+            println!(
+                "{:<28} skipped: no {} (scripts/prepare_shared_weights.py --study makes it)",
+                v.name,
+                file.display()
+            );
             continue;
         }
         let data = PathBuf::from(format!("{}.data", file.display()));

@@ -11,6 +11,7 @@ use ort::value::TensorRef;
 use crate::error::{never, Error, Kind, Result};
 use crate::manifest::{Layout, Manifest, Origin, Output, Source, Tower};
 use crate::output::{self, Item, Rows};
+use crate::prepared::Choice;
 use crate::session::{self, Arena, SessionOptions};
 
 pub struct ImageModel {
@@ -22,6 +23,8 @@ pub struct ImageModel {
     pub intra_threads: usize,
     /// The manifest and ONNX files it was built from.
     pub origin: Origin,
+    /// Whether it was loaded from its prepared (shared-weights) files, or why not.
+    pub choice: Choice,
 }
 
 /// How `ImageModel::run` runs.
@@ -58,11 +61,20 @@ impl ImageModel {
             Error::new(Kind::FileMissing, format!("model \"{name}\": weights file {} is missing ({e})", onnx.display()))
                 .with_hint(format!("create it with: {}", manifest.fetch_hint))
         })?;
-        onnx_source.check_sha256(manifest.onnx_sha256.as_deref(), name, &manifest.fetch_hint)?;
-        let session = session::build(&onnx, opts, &format!("model \"{name}\": cannot load {}", onnx.display()))?;
-        let origin = Origin { manifest: manifest.source.clone(), onnx: onnx_source };
-        let model =
-            ImageModel { manifest, session, load_time: Duration::ZERO, intra_threads: opts.intra_threads(), origin };
+        let resolved = session::resolve(
+            manifest.source.clone(),
+            onnx_source,
+            manifest.onnx_sha256.as_deref(),
+            opts,
+            name,
+            &manifest.fetch_hint,
+        )?;
+        let prepared = matches!(resolved.choice, Choice::Prepared(_));
+        let context = format!("model \"{name}\": cannot load {}", resolved.load.display());
+        let session = session::build(&resolved.load, prepared, opts, &context)?;
+        let (origin, choice) = (resolved.origin, resolved.choice);
+        let intra_threads = opts.intra_threads();
+        let model = ImageModel { manifest, session, load_time: Duration::ZERO, intra_threads, origin, choice };
         model.check_signature()?;
         Ok(ImageModel { load_time: start.elapsed(), ..model })
     }

@@ -13,6 +13,7 @@
 //! - `jpeg.rs`: JPEG through libjpeg-turbo, at a reduced DCT scale when allowed
 //! - `decode.rs`: image bytes to upright 8-bit RGB, with limits and stop polls; base64
 //! - `preprocess.rs`: decoded image to a model's input tensor, by its manifest's recipe
+//! - `prepared.rs`: prepared (shared-weights) files: the sidecar, the choice, mapped bytes
 //! - `session.rs`: ONNX Runtime sessions: options, building, stoppable runs
 //! - `output.rs`: output tensors to checked, normalised vectors; `check_vector`
 //! - `tokenize.rs`: CLIP's text clean-up and BPE tokeniser (no ONNX Runtime)
@@ -34,6 +35,7 @@ pub mod jpeg;
 pub mod manifest;
 pub mod memo;
 pub mod output;
+pub mod prepared;
 pub mod preprocess;
 pub mod runtime;
 pub mod session;

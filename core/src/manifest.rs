@@ -241,12 +241,18 @@ impl Source {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Origin {
     pub manifest: Option<Source>,
+    /// The ONNX file ONNX Runtime read: the plain file or the prepared graph (`prepared.rs`).
     pub onnx: Source,
+    /// The other files the choice of `onnx` read: a prepared graph's data file, its sidecar
+    /// and the plain file; a sidecar that did not match.
+    pub also: Vec<Source>,
 }
 
 impl Origin {
     pub fn unchanged(&self) -> bool {
-        self.manifest.as_ref().is_none_or(Source::unchanged) && self.onnx.unchanged()
+        self.manifest.as_ref().is_none_or(Source::unchanged)
+            && self.onnx.unchanged()
+            && self.also.iter().all(Source::unchanged)
     }
 }
 

@@ -14,6 +14,8 @@ use crate::error::{Error, Fact, Kind, LibraryProblem, Result};
 struct Runtime {
     env: Environment,
     library: PathBuf,
+    /// The library's own version string ("1.32.0"): prepared files are tied to it.
+    version: String,
 }
 
 static RUNTIME: OnceCell<Runtime> = OnceCell::new();
@@ -66,7 +68,42 @@ fn load(library: &Path) -> Result<Runtime> {
             .build()
             .map_err(|e| Error::new(Kind::RuntimeLoad, format!("cannot create the ONNX Runtime environment: {e}")))
     })?;
-    Ok(Runtime { env, library: library.to_path_buf() })
+    let version = library_version(library).unwrap_or_default();
+    Ok(Runtime { env, library: library.to_path_buf(), version })
+}
+
+/// The version string of the ONNX Runtime library loaded in this process ("1.32.0"),
+/// loading it from `library` first if needed.
+pub fn version(library: &Path) -> Result<&'static str> {
+    environment(library)?;
+    Ok(RUNTIME.get().map_or("", |rt| rt.version.as_str()))
+}
+
+/// `OrtGetApiBase()->GetVersionString()` of the already loaded `library` (`ort` reads it
+/// but does not expose it): a second dlopen of a loaded library returns the same handle.
+fn library_version(library: &Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(library.as_os_str().as_bytes()).ok()?;
+    // SAFETY: RTLD_NOLOAD only finds a library this process already loaded (ort did);
+    // OrtGetApiBase has this signature in every ONNX Runtime 1.x, and the string it
+    // returns is static; the extra handle is closed (the library stays loaded by ort).
+    unsafe {
+        let handle = libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD);
+        if handle.is_null() {
+            return None;
+        }
+        let sym = libc::dlsym(handle, c"OrtGetApiBase".as_ptr());
+        let out = if sym.is_null() {
+            None
+        } else {
+            let get: unsafe extern "C" fn() -> *const ort::sys::OrtApiBase = std::mem::transmute(sym);
+            let base = get();
+            (!base.is_null())
+                .then(|| std::ffi::CStr::from_ptr(((*base).GetVersionString)()).to_string_lossy().into_owned())
+        };
+        libc::dlclose(handle);
+        out
+    }
 }
 
 /// The cores this process may use (at least 1): the bound for inference and decoding threads.

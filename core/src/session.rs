@@ -9,6 +9,8 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{RunOptions, Session};
 
 use crate::error::{Error, Kind, Result};
+use crate::manifest::{Origin, Source};
+use crate::prepared::{self, Choice, Host};
 use crate::runtime;
 
 /// How sessions are built.
@@ -19,6 +21,8 @@ pub struct SessionOptions {
     /// Intra-op threads per session as configured: 0 means one per core, and a session
     /// never gets more than the cores (`intra_threads`).
     pub intra_threads: usize,
+    /// Load a tower's prepared files when they match this process (`prepared.rs`).
+    pub shared_weights: bool,
 }
 
 impl SessionOptions {
@@ -38,18 +42,92 @@ pub(crate) fn ort_err(kind: Kind, context: &str) -> impl Fn(ort::Error) -> Error
     move |e| Error::new(kind, format!("{context}: {e}"))
 }
 
+/// The file a tower is loaded from, chosen between its plain ONNX file and its prepared
+/// files (`prepared::choose`), and the identity of everything the choice read.
+pub struct Resolved {
+    pub choice: Choice,
+    /// The file ONNX Runtime reads: the prepared graph or the plain file.
+    pub load: PathBuf,
+    /// The files that decided it: a change to any of them loads the tower again.
+    pub origin: Origin,
+}
+
+/// Chooses between `plain` (whose manifest declares `declared_sha256`, if anything) and its
+/// prepared files. The plain file is checked against the declared SHA-256 when it is the
+/// one loaded; the prepared files are used only when their sidecar records that same
+/// SHA-256 (or, nothing declared, the plain file's own), so they hold the weights the
+/// manifest names and the plain file need not be read at all.
+pub fn resolve(
+    manifest: Option<Source>,
+    plain: Source,
+    declared_sha256: Option<&str>,
+    opts: &SessionOptions,
+    model: &str,
+    fetch_hint: &str,
+) -> Result<Resolved> {
+    let choice = if opts.shared_weights && prepared::sidecar_path(&plain.path).exists() {
+        let host = Host { ort_version: runtime::version(&opts.library)?.to_owned(), cpu: prepared::cpu_features() };
+        let sha = match declared_sha256 {
+            Some(s) => s.to_owned(),
+            None => plain.sha256().map_err(|e| {
+                Error::new(Kind::FileMissing, format!("model \"{model}\": cannot read {}: {e}", plain.path.display()))
+            })?,
+        };
+        prepared::choose(&plain.path, &sha, &host)
+    } else {
+        Choice::Plain { why: None }
+    };
+    Ok(match &choice {
+        Choice::Prepared(p) => Resolved {
+            load: p.onnx.path.clone(),
+            origin: Origin { manifest, onnx: p.onnx.clone(), also: vec![p.data.clone(), p.sidecar.clone(), plain] },
+            choice,
+        },
+        Choice::Plain { why } => {
+            plain.check_sha256(declared_sha256, model, fetch_hint)?;
+            // A sidecar that did not match is watched too: once models.sh rewrites it, the
+            // tower is loaded again and the prepared files chosen.
+            let also = if why.is_some() {
+                Source::of(prepared::sidecar_path(&plain.path)).into_iter().collect()
+            } else {
+                Vec::new()
+            };
+            Resolved { load: plain.path.clone(), origin: Origin { manifest, onnx: plain, also }, choice }
+        }
+    })
+}
+
+/// The data file `resolve` would map for `plain`, found cheaply (a sidecar read, no
+/// hashing), for a caller that reserves memory before loading: `None` when it would load
+/// the plain file, or cannot tell without hashing it (no SHA-256 declared).
+pub fn planned(plain: &Path, declared_sha256: Option<&str>, opts: &SessionOptions) -> Option<Source> {
+    if !opts.shared_weights || !prepared::sidecar_path(plain).exists() {
+        return None;
+    }
+    let host = Host { ort_version: runtime::version(&opts.library).ok()?.to_owned(), cpu: prepared::cpu_features() };
+    match prepared::choose(plain, declared_sha256?, &host) {
+        Choice::Prepared(p) => Some(p.data),
+        Choice::Plain { .. } => None,
+    }
+}
+
 /// A session for one ONNX file, with pg_vision's options: full graph optimisation (lower
 /// levels lose ONNX Runtime's blocked-layout convolutions, which the CPU models depend on
 /// for speed), the configured intra-op threads, one inter-op thread, no spinning (a
 /// spinning pool burns cores that other backends need). Session creation starts the
 /// intra-op pool, so it runs with signals blocked: its threads inherit a blocked mask.
-pub(crate) fn build(onnx: &Path, opts: &SessionOptions, context: &str) -> Result<Session> {
+///
+/// A prepared file (`prepared` true) was optimised at level all when it was written:
+/// optimising it again would only spend load time, so it is loaded as it is. Its data
+/// file is mapped by ONNX Runtime, prepacked weights included.
+pub(crate) fn build(onnx: &Path, prepared: bool, opts: &SessionOptions, context: &str) -> Result<Session> {
     let env = runtime::environment(&opts.library)?;
+    let level = if prepared { GraphOptimizationLevel::Disable } else { GraphOptimizationLevel::All };
     runtime::with_signals_blocked(|| -> Result<Session> {
         let err = |e: ort::Error<_>| Error::new(Kind::BadModel, format!("{context}: {e}"));
         Session::builder(env)
             .map_err(ort_err(Kind::BadModel, context))?
-            .with_optimization_level(GraphOptimizationLevel::All)
+            .with_optimization_level(level)
             .map_err(err)?
             .with_intra_threads(opts.intra_threads())
             .map_err(err)?
@@ -138,7 +216,7 @@ mod tests {
 
     #[test]
     fn intra_threads_are_bounded_by_the_cores() {
-        let opts = |n| SessionOptions { library: PathBuf::new(), intra_threads: n };
+        let opts = |n| SessionOptions { library: PathBuf::new(), intra_threads: n, shared_weights: true };
         let cores = runtime::cores();
         assert_eq!(opts(0).intra_threads(), cores);
         assert_eq!(opts(1).intra_threads(), 1);

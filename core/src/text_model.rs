@@ -14,6 +14,7 @@ use ort::value::{TensorElementType, TensorRef};
 use crate::error::{check_stop, never, Error, Kind, Result};
 use crate::manifest::{Manifest, Origin, Source, TextManifest, Tower};
 use crate::output::{self, Item, Rows};
+use crate::prepared::Choice;
 use crate::session::{self, Arena, SessionOptions};
 use crate::tokenize::tokenize_checked;
 
@@ -29,6 +30,8 @@ pub struct TextModel {
     pub intra_threads: usize,
     /// The manifest and ONNX files it was built from.
     pub origin: Origin,
+    /// Whether it was loaded from its prepared (shared-weights) files, or why not.
+    pub choice: Choice,
 }
 
 impl TextModel {
@@ -52,12 +55,14 @@ impl TextModel {
             )
             .with_hint(format!("create it with: {fetch_hint}"))
         })?;
-        onnx_source.check_sha256(text.onnx_sha256.as_deref(), &name, &fetch_hint)?;
-        let context = format!("model \"{name}\": cannot load the text tower {}", onnx.display());
-        let session = session::build(&onnx, opts, &context)?;
-        let origin = Origin { manifest: source, onnx: onnx_source };
+        let resolved = session::resolve(source, onnx_source, text.onnx_sha256.as_deref(), opts, &name, &fetch_hint)?;
+        let prepared = matches!(resolved.choice, Choice::Prepared(_));
+        let context = format!("model \"{name}\": cannot load the text tower {}", resolved.load.display());
+        let session = session::build(&resolved.load, prepared, opts, &context)?;
+        let (origin, choice) = (resolved.origin, resolved.choice);
         let intra_threads = opts.intra_threads();
-        let model = TextModel { name, manifest: text, session, load_time: Duration::ZERO, intra_threads, origin };
+        let model =
+            TextModel { name, manifest: text, session, load_time: Duration::ZERO, intra_threads, origin, choice };
         model.check_signature()?;
         Ok(TextModel { load_time: start.elapsed(), ..model })
     }

@@ -70,6 +70,14 @@ def backend_pid(c):
     return c.execute("SELECT pg_backend_pid()").fetchone()[0]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def private_copies(module_settings):
+    """These tests size budgets from models loaded the plain way, each backend holding its
+    own copy (pg_vision.shared_weights off); test_shared_weights.py tests the accounting of
+    shared weights, counted once for the cluster."""
+    module_settings.set("pg_vision.shared_weights", "off")
+
+
 @pytest.fixture(scope="module")
 def image():
     return photos.shipped("chelsea.png")

@@ -307,6 +307,9 @@ def budget(replicas):
     application role's search embedding on top of that."""
     s = replicas.standby
     upload = shop_demo.customer_photo(UPLOAD_OF)
+    # Each backend its own copy of the weights, so that one more efficientnet costs its
+    # file's size (with shared weights it would add about 2 MB: test_shared_weights.py).
+    photos.alter_system("pg_vision.shared_weights", "off", connect=s.connect)
     with s.connect() as watcher, s.connect() as holder:
         # Other tests' sessions are gone (their rows leave when their backends exit).
         wait_for("pg_vision_memory empty on the standby", lambda: not memory_rows(watcher))
@@ -337,6 +340,7 @@ def budget(replicas):
                 app_rows_after = memory_rows(watcher, app_pid)
         finally:
             photos.alter_system(BUDGET, None, connect=s.connect)
+            photos.alter_system("pg_vision.shared_weights", None, connect=s.connect)
     return dict(limit_mb=limit_mb, held=held, holder_pid=holder_pid, app_pid=app_pid, refused=refused,
                 rows_while_held=rows_while_held, summary_while_held=summary_while_held,
                 app_rows_refused=app_rows_refused, hits=hits, app_rows_after=app_rows_after)

@@ -25,6 +25,15 @@ from helpers import sqlstate
 
 pytestmark = pytest.mark.usefixtures("health")
 
+
+@pytest.fixture(scope="module", autouse=True)
+def private_copies(module_settings):
+    """These tests size budgets from models loaded the plain way, each backend holding its
+    own copy (pg_vision.shared_weights off); test_shared_weights.py tests the accounting of
+    shared weights, counted once for the cluster."""
+    module_settings.set("pg_vision.shared_weights", "off")
+
+
 TENANTS = ("pgv_tenant_a", "pgv_tenant_b")
 MONITOR = "pgv_monitor"
 IMAGES = ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png")

@@ -23,7 +23,7 @@ pub fn session_options(needs: &[&Path]) -> Option<SessionOptions> {
         println!("skipped: needs {} (make models; PG_VISION_ORT_LIB for the library)", missing.display());
         return None;
     }
-    Some(SessionOptions { library, intra_threads: 1 })
+    Some(SessionOptions { library, intra_threads: 1, shared_weights: true })
 }
 
 /// A PNG of a deterministic pattern (`seed` varies it).
