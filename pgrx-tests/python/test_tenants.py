@@ -362,7 +362,15 @@ def test_idle_sessions_of_one_role_keep_the_other_out_no_longer_than_the_idle_ti
         with connect(db, roles[1]) as b:
             took, first = first_success(b, "SELECT embed_efficientnet(%s)", (photos.shipped("coffee.png"),), timeout=10)
         waited = time.monotonic() - filled
-        left = {pid for (pid,) in su.execute("SELECT pid FROM pg_vision_memory").fetchall()}
+        # B got in as soon as the first of A's sessions gave its model back; the second one's
+        # timer, armed a moment later, fires a moment later: both must let go while idle.
+        a_pids = {c.info.backend_pid for c in held}
+        deadline = time.monotonic() + 2
+        while True:
+            left = {pid for (pid,) in su.execute("SELECT pid FROM pg_vision_memory").fetchall()}
+            if not left & a_pids or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
     assert first is not None, "B got in at once: the budget was not full"
     assert "does not fit in pg_vision.memory_budget" in first[0]
     assert "pg_vision.model_idle_timeout" in first[1] and "pg_vision_release_models" in first[1]
