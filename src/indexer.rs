@@ -173,12 +173,27 @@ thread_local! {
     /// This transaction queued rows.
     static WAKE: Cell<bool> = const { Cell::new(false) };
     static CALLBACK: Cell<bool> = const { Cell::new(false) };
+    /// `served_here()`, once found.
+    static SERVED: Cell<Option<bool>> = const { Cell::new(None) };
     /// This backend said once that no worker serves its database.
     static WARNED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Whether pg_vision's workers were started for this backend's database.
+/// Whether pg_vision's workers were started for this backend's database. Asked for every
+/// queued row, so found once per backend: the database and the setting (read at server
+/// start) cannot change under it.
 fn served_here() -> bool {
+    SERVED.with(|s| match s.get() {
+        Some(served) => served,
+        None => {
+            let served = find_served_here();
+            s.set(Some(served));
+            served
+        }
+    })
+}
+
+fn find_served_here() -> bool {
     if !SHARED_ON.load(Ordering::Relaxed) {
         return false;
     }
@@ -524,8 +539,8 @@ fn pg_vision_trigger_args(rel: pg_sys::Oid, trigger: &str) -> Option<Vec<String>
     Some(parts)
 }
 
-/// Each background worker: its state, the table it works on (if the caller may see that
-/// table's queue), and what it has done since it started.
+/// Each background worker: its state, the table it works on (or last worked on), and what
+/// it has done since it started.
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn pg_vision_indexer_workers() -> TableIterator<

@@ -27,12 +27,18 @@ pub fn sqlstate(kind: Kind) -> PgSqlErrorCode {
     }
 }
 
-/// The SQLSTATE of `e`: its kind's, except that a fetch that failed for good (an HTTP error
+/// The SQLSTATE of `e`: its kind's, except for a malformed URL allowlist (F0000), and a fetch
+/// that failed for good (an HTTP error
 /// status like 404, a certificate refused, a broken response) is a data exception (22000),
 /// so that the background workers record it at once instead of retrying it
 /// (`pg_vision_permanent_failure` in sql/indexing.sql); a fetch that may succeed later
 /// (timeout, refused connection, 503) stays 58030.
 fn code(e: &Error) -> PgSqlErrorCode {
+    // A malformed allowlist is the configuration's fault, not the row's: F0000, which the
+    // workers retry (with backoff) until a superuser fixes it.
+    if e.fact == Some(Fact::Fetch(FetchProblem::BadAllowlist)) {
+        return PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR;
+    }
     if e.kind == Kind::Fetch && !pg_vision_core::fetch::retryable(e) {
         return PgSqlErrorCode::ERRCODE_DATA_EXCEPTION;
     }
@@ -53,7 +59,11 @@ pub fn in_sql_terms(mut e: Error) -> Error {
             e.hint = Some("raise pg_vision.max_image_bytes, or downscale the image before sending it".into());
         }
         Fact::OverLimit { .. } => {}
-        Fact::Fetch(FetchProblem::BadAllowlist | FetchProblem::NotAllowed | FetchProblem::AddressRefused) => {
+        Fact::Fetch(FetchProblem::BadAllowlist) => {
+            e.message.push_str(" (pg_vision.url_allowlist)");
+            e.hint = Some("fix pg_vision.url_allowlist (postgresql.conf or ALTER SYSTEM), then SELECT pg_reload_conf()".into());
+        }
+        Fact::Fetch(FetchProblem::NotAllowed | FetchProblem::AddressRefused) => {
             e.message.push_str(" (pg_vision.url_allowlist)");
             e.hint = Some("a superuser adds the host to pg_vision.url_allowlist (postgresql.conf or ALTER SYSTEM, then pg_reload_conf())".into());
         }
