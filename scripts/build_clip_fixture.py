@@ -14,8 +14,10 @@ Two graphs, numpy + onnx only, opset 13, deterministic (seed 20261128):
       -> MatMul random [147,512] + bias                      => image_embeds [N,512]
 
   clip-fixture-text.onnx
-    input_ids int64 [N,77]
-      -> Gather from a random token table [49408,32] + a random position table [77,32]
+    input_ids int64 [N,L], L from 1 to 77 (a dynamic axis, as scripts/export_fclip.py
+    exports CLIP: pg_vision then feeds a text's ids only up to its EOT)
+      -> Gather from a random token table [49408,32] + the first L rows of a random
+         position table [77,32]
       -> CumSum over the sequence axis (a stand-in for CLIP's causal attention: position t
          sees tokens 0..t and nothing after it)
       -> the row at the EOT position, found as Hugging Face CLIP does it:
@@ -96,8 +98,13 @@ def text_tower(rng):
         numpy_helper.from_array(np.array([1, 1, WIDTH], dtype=np.int64), "gather_shape"),
     ]
     nodes = [
-        helper.make_node("Gather", ["token_embedding", "input_ids"], ["tok"], axis=0),  # [N,77,WIDTH]
-        helper.make_node("Add", ["tok", "position_embedding"], ["x"]),
+        helper.make_node("Gather", ["token_embedding", "input_ids"], ["tok"], axis=0),  # [N,L,WIDTH]
+        # Positions 0 .. L-1 of the table, L = the ids' length: any length up to CONTEXT.
+        helper.make_node("Shape", ["input_ids"], ["ids_shape"]),
+        helper.make_node("Gather", ["ids_shape", "seq_axis"], ["length"], axis=0),
+        helper.make_node("Range", ["zero", "length", "one"], ["position_ids"]),
+        helper.make_node("Gather", ["position_embedding", "position_ids"], ["pos"], axis=0),  # [L,WIDTH]
+        helper.make_node("Add", ["tok", "pos"], ["x"]),
         helper.make_node("CumSum", ["x", "seq_axis"], ["hidden"]),  # causal stand-in
         # EOT position as HF CLIP finds it: argmax over the (int) ids.
         helper.make_node("Cast", ["input_ids"], ["ids32"], to=TensorProto.INT32),
@@ -112,11 +119,13 @@ def text_tower(rng):
     inits += [
         numpy_helper.from_array(np.array([2], dtype=np.int64), "seq_axis_2"),
         numpy_helper.from_array(np.array([1], dtype=np.int64), "seq_axis_1"),
+        numpy_helper.from_array(np.array(0, dtype=np.int64), "zero"),
+        numpy_helper.from_array(np.array(1, dtype=np.int64), "one"),
     ]
     graph = helper.make_graph(
         nodes,
         "clip_fixture_text",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["N", CONTEXT])],
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["N", "L"])],
         [helper.make_tensor_value_info("text_embeds", TensorProto.FLOAT, ["N", DIM])],
         inits,
     )
@@ -163,6 +172,8 @@ def check(out_dir):
     assert np.allclose(txt[0], txt[4], atol=1e-6), "tokens after EOT must not matter"
     (one,) = text.run(None, {"input_ids": cat[None, :]})
     assert np.allclose(one[0], txt[0], atol=1e-6), "batching must not change a row"
+    (cut,) = text.run(None, {"input_ids": cat[None, :7]})  # SOT + 5 tokens + EOT
+    assert np.array_equal(cut[0], one[0]), "cutting the ids after EOT must not change the vector"
     print(f"check ok: image_embeds {img.shape}, text_embeds {txt.shape}; EOT pooling verified")
 
 

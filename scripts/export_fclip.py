@@ -3,10 +3,12 @@
 
 Writes PREFIX-image.onnx: input `pixel_values` float32 [N,3,224,224] (CLIP's recipe, done by
 pg_vision from the model's manifest), output `image_embeds` [N,512] = visual_projection of the
-pooled vision output; and PREFIX-text.onnx: input `input_ids` int64 [N,77] (CLIP BPE, done by
-pg_vision), output `text_embeds` [N,512] = text_projection of the EOT token's state. CLIP's
-text attention is causal, so the zero padding after EOT cannot change the result and no
-attention mask is needed. pg_vision L2-normalises both.
+pooled vision output; and PREFIX-text.onnx: input `input_ids` int64 [N,L], L from 1 to 77 (CLIP
+BPE, done by pg_vision), output `text_embeds` [N,512] = text_projection of the EOT token's
+state. CLIP's text attention is causal, so the zero padding after EOT cannot change the result
+and no attention mask is needed; and as the length axis L is dynamic, pg_vision feeds a text's
+ids only up to its EOT (the longest text's in a batch), not 77 positions: the same vector for
+a fraction of the work. pg_vision L2-normalises both.
 
 --model is a Hugging Face repository id or a local folder:
   - patrickjohncyh/fashion-clip (the default, `make fclip`): needs internet, writes fclip-*.onnx;
@@ -57,8 +59,9 @@ class TextTower(torch.nn.Module):
         return self.proj(pooled)
 
 
-def export(tower, example, input_name, output_name, path):
-    """One tower to `path`, through a temporary file renamed into place."""
+def export(tower, example, input_name, output_name, path, input_axes):
+    """One tower to `path`, through a temporary file renamed into place; `input_axes` names
+    the input's dynamic axes."""
     tmp = path + ".tmp"
     with warnings.catch_warnings():
         # Known and harmless here: the legacy exporter is chosen on purpose (above); CLIP's check
@@ -69,7 +72,7 @@ def export(tower, example, input_name, output_name, path):
         warnings.filterwarnings("ignore", message="Exporting aten::index operator", category=UserWarning)
         torch.onnx.export(
             tower, (example,), tmp, input_names=[input_name], output_names=[output_name],
-            dynamic_axes={input_name: {0: "N"}, output_name: {0: "N"}}, opset_version=OPSET, dynamo=False,
+            dynamic_axes={input_name: input_axes, output_name: {0: "N"}}, opset_version=OPSET, dynamo=False,
         )
     os.replace(tmp, path)
     print(f"wrote {path} ({os.path.getsize(path)} bytes)")
@@ -83,10 +86,11 @@ def main():
     args = ap.parse_args()
     clip = CLIPModel.from_pretrained(args.model).eval()
     export(ImageTower(clip), torch.zeros(1, 3, 224, 224), "pixel_values", "image_embeds",
-           os.path.join(args.out, f"{args.prefix}-image.onnx"))
+           os.path.join(args.out, f"{args.prefix}-image.onnx"), {0: "N"})
     ids = torch.zeros(1, 77, dtype=torch.int64)
     ids[0, 0], ids[0, 1] = SOT, EOT
-    export(TextTower(clip), ids, "input_ids", "text_embeds", os.path.join(args.out, f"{args.prefix}-text.onnx"))
+    export(TextTower(clip), ids, "input_ids", "text_embeds", os.path.join(args.out, f"{args.prefix}-text.onnx"),
+           {0: "N", 1: "L"})
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use ndarray::Array2;
 use ort::session::{Session, SessionInputValue};
-use ort::value::{TensorElementType, TensorRef};
+use ort::value::{TensorElementType, TensorRef, ValueType};
 
 use crate::error::{check_stop, never, Error, Kind, Result};
 use crate::manifest::{Manifest, Origin, Source, TextManifest, Tower};
@@ -32,6 +32,10 @@ pub struct TextModel {
     pub origin: Origin,
     /// Whether it was loaded from its prepared (shared-weights) files, or why not.
     pub choice: Choice,
+    /// Whether the graph takes any sequence length (its ids input's second axis is
+    /// dynamic): then a batch is cut after its longest text instead of running all
+    /// `context_length` positions.
+    pub dynamic_length: bool,
 }
 
 impl TextModel {
@@ -61,10 +65,19 @@ impl TextModel {
         let session = session::build(&resolved.load, prepared, opts, &context)?;
         let (origin, choice) = (resolved.origin, resolved.choice);
         let intra_threads = opts.intra_threads();
-        let model =
-            TextModel { name, manifest: text, session, load_time: Duration::ZERO, intra_threads, origin, choice };
+        let model = TextModel {
+            name,
+            manifest: text,
+            session,
+            load_time: Duration::ZERO,
+            intra_threads,
+            origin,
+            choice,
+            dynamic_length: false,
+        };
         model.check_signature()?;
-        Ok(TextModel { load_time: start.elapsed(), ..model })
+        let dynamic_length = model.takes_any_length();
+        Ok(TextModel { load_time: start.elapsed(), dynamic_length, ..model })
     }
 
     /// The ids input (and the mask, if declared) must exist and take int64; the output must exist.
@@ -111,10 +124,22 @@ impl TextModel {
         })
     }
 
+    /// Whether the ids input's sequence axis is dynamic (-1 in ONNX Runtime's shape).
+    fn takes_any_length(&self) -> bool {
+        let input = self.session.inputs().iter().find(|i| i.name() == self.manifest.input_name);
+        matches!(input.map(|i| i.dtype()), Some(ValueType::Tensor { shape, .. }) if shape.len() == 2 && shape[1] < 0)
+    }
+
     /// One vector per text, in order, in one batch. Checks the output size, rejects NaN and
     /// infinity, and L2-normalises when `text.l2_normalize` says so. Over-long texts are
     /// truncated (`tokenize.rs`); call `tokenize` to learn whether one was. A text over
     /// `MAX_TEXT_BYTES` is an error (`Kind::LimitExceeded`).
+    ///
+    /// A graph that takes any length gets the ids up to the batch's longest text (its EOT)
+    /// instead of all `context_length` positions: the same vectors, since what follows a
+    /// text's EOT is padding, which a CLIP text tower cannot see (its attention is causal,
+    /// or masked by the attention mask), for a fraction of the work (a caption of 10 tokens
+    /// runs 10 positions, not 77).
     pub fn embed_text(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         self.embed_text_checked(texts, never)
     }
@@ -128,16 +153,19 @@ impl TextModel {
         }
         let (m, name) = (&self.manifest, &self.name);
         let ctx = m.context_length;
-        let mut ids = Vec::with_capacity(batch * ctx);
-        let mut mask = Vec::with_capacity(batch * ctx);
+        let mut tokens = Vec::with_capacity(batch);
         for text in texts {
             let (i, k, _) = tokenize_checked(text, ctx, &stop)?;
-            ids.extend_from_slice(&i);
-            mask.extend_from_slice(&k);
+            tokens.push((i, k));
         }
         check_stop(&stop)?;
-        let as_matrix =
-            |v: Vec<i64>| Array2::from_shape_vec((batch, ctx), v).expect("tokenize gives context_length ids per text");
+        let len = if self.dynamic_length { longest(&tokens) } else { ctx };
+        let (mut ids, mut mask) = (Vec::with_capacity(batch * len), Vec::with_capacity(batch * len));
+        for (i, k) in &tokens {
+            ids.extend_from_slice(&i[..len]);
+            mask.extend_from_slice(&k[..len]);
+        }
+        let as_matrix = |v: Vec<i64>| Array2::from_shape_vec((batch, len), v).expect("len ids per text");
         let (ids, mask) = (as_matrix(ids), as_matrix(mask));
         let tensor_err =
             |e: ort::Error| Error::new(Kind::Inference, format!("cannot build the text input tensor: {e}"));
@@ -171,5 +199,24 @@ impl TextModel {
             l2_normalize: m.l2_normalize,
         };
         output::split(&rows, &shape[..], values)
+    }
+}
+
+/// The most tokens (SOT .. EOT: the attention mask's ones) of any text in the batch, at
+/// least 1: where a batch of tokenised texts can be cut.
+fn longest(tokens: &[(Vec<i64>, Vec<i64>)]) -> usize {
+    tokens.iter().map(|(_, mask)| mask.iter().filter(|&&m| m != 0).count()).max().unwrap_or(0).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_cut_after_its_longest_text() {
+        let text = |n: usize| (vec![7i64; 77], (0..77).map(|p| i64::from(p < n)).collect::<Vec<_>>());
+        assert_eq!(longest(&[text(2), text(12), text(5)]), 12);
+        assert_eq!(longest(&[text(77)]), 77);
+        assert_eq!(longest(&[text(0)]), 1);
     }
 }

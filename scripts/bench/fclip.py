@@ -14,10 +14,11 @@ one run, every engine on the same number of threads (2 by default).
             SQL: `SELECT embed_text('fclip_fixture', $1)`;
             PyTorch: CLIPTokenizerFast + get_text_features;
             onnxruntime: InferenceSession.run of models/fclip-fixture-text.onnx on the ids
-                 transformers' tokenizer gave, padded to 77 as pg_vision feeds them
-                 (tokenising excluded: it is PyTorch's `tokenise` row). transformers runs
-                 the caption's own length (about 10 tokens), pg_vision's graph always 77:
-                 PyTorch's `model, 77 tokens` row is the like-for-like one;
+                 transformers' tokenizer gave, SOT .. EOT, as pg_vision feeds them
+                 (tokenising excluded: it is PyTorch's `tokenise` row). All three run the
+                 caption's own length (about 10 tokens; the exported graph takes any
+                 length, see scripts/export_fclip.py); PyTorch's `model, 77 tokens` row
+                 shows what running every position would cost;
   batch   images per second for 32 different 1000x1000 JPEGs: SQL embed_images(...,
           batch_size => B) against PyTorch in batches of B.
 
@@ -118,6 +119,9 @@ def sql_side(conn, upload, batch, texts, args):
             "image_model": [p[2] for p in profile]}
 
 
+EOT = 49407
+
+
 def ort_side(upload, ids, args):
     """Per-call milliseconds in Python onnxruntime: Pillow recipe + run (image), run (text)."""
     options = ort.SessionOptions()
@@ -138,7 +142,8 @@ def ort_side(upload, ids, args):
         run.append((time.perf_counter() - middle) * 1e3)
     text = []
     for i in range(WARMUP + args.iterations):
-        row = np.asarray([ids[i % len(ids)]], dtype=np.int64)
+        padded = ids[i % len(ids)]
+        row = np.asarray([padded[:padded.index(EOT) + 1]], dtype=np.int64)  # SOT .. EOT, as pg_vision feeds it
         text.append(timed(lambda: text_session.run(None, {"input_ids": row})))
     pre, run, text = pre[WARMUP:], run[WARMUP:], text[WARMUP:]
     return {"image": [a + b for a, b in zip(pre, run)], "image_preprocess": pre, "image_model": run, "text": text}

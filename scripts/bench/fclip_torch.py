@@ -8,7 +8,7 @@ Prints one JSON object: per-call milliseconds (after a warm-up) of
           (image_preprocess: Pillow decode + CLIPProcessor; image_model: get_image_features);
   text    CLIPTokenizerFast + get_text_features of one caption (text_tokenize, text_model: on
           its own length, as transformers runs it); text_model_77: get_text_features on the
-          ids padded to 77, the length pg_vision's text graph always runs;
+          ids padded to 77, what running every position costs;
   batch   images per second over batch/: decode + CLIPProcessor + get_image_features in
           batches of --batch;
 and the captions' token ids (`ids`, padded with 0 after EOT, as pg_vision feeds them), so
@@ -58,7 +58,7 @@ def text_calls(model, tokenizer, captions, n):
 
 
 def padded_text_calls(model, ids, n):
-    """ms of n get_text_features on ids padded to 77, the length pg_vision's graph runs."""
+    """ms of n get_text_features on ids padded to 77: what running every position costs."""
     out = []
     for i in range(WARMUP + n):
         row = torch.tensor([ids[i % len(ids)]])
@@ -76,7 +76,7 @@ def batch_rate(model, processor, paths, batch):
 
 
 def padded_ids(tokenizer, captions):
-    """Each caption's ids, SOT ... EOT then zeros to 77: the input pg_vision gives the text tower."""
+    """Each caption's ids, SOT ... EOT then zeros to 77 (fclip.py's onnxruntime side cuts them after EOT)."""
     out = []
     for ids in tokenizer(captions, truncation=True, max_length=77)["input_ids"]:
         out.append(ids + [0] * (77 - len(ids)))
