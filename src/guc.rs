@@ -1,7 +1,8 @@
 //! Every pg_vision setting. `$libdir` and `$sharedir` in paths are expanded the way
 //! PostgreSQL expands them for `dynamic_library_path`.
 
-use std::ffi::{CStr, CString};
+use std::cell::UnsafeCell;
+use std::ffi::{c_char, c_void, CStr, CString};
 use std::path::PathBuf;
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
@@ -39,7 +40,9 @@ pub static INDEXER_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
 pub static INDEXER_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(32);
 pub static INDEXER_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
 pub static INDEXER_NAPTIME: GucSetting<i32> = GucSetting::<i32>::new(1000);
-pub static URL_ALLOWLIST: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// Defined with a check hook (`check_url_allowlist`), which pgrx's registry cannot add: so
+/// the value is a plain `char *` that PostgreSQL's GUC code owns.
+static URL_ALLOWLIST: RawString = RawString(UnsafeCell::new(std::ptr::null_mut()));
 pub static URL_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 
 pub fn register() {
@@ -246,14 +249,21 @@ pub fn register() {
         GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
-    GucRegistry::define_string_guc(
-        c"pg_vision.url_allowlist",
-        c"Hosts the background workers may fetch image URLs from: host, *.domain, host:port, IP literals (empty: none).",
-        c"Loopback, private and link-local addresses only when an entry names them. Set in postgresql.conf or with ALTER SYSTEM.",
-        &URL_ALLOWLIST,
-        GucContext::Sighup,
-        GucFlags::from_bits_retain(pg_sys::GUC_LIST_INPUT as i32),
-    );
+    // SAFETY: the name, descriptions and storage are 'static; the hook never unwinds.
+    unsafe {
+        pg_sys::DefineCustomStringVariable(
+            c"pg_vision.url_allowlist".as_ptr(),
+            c"Hosts the background workers may fetch image URLs from: host, *.domain, host:port, IP literals (empty: none).".as_ptr(),
+            c"Loopback, private and link-local addresses only when an entry names them. Set in postgresql.conf or with ALTER SYSTEM.".as_ptr(),
+            URL_ALLOWLIST.0.get(),
+            c"".as_ptr(),
+            GucContext::Sighup as isize as _,
+            pg_sys::GUC_LIST_INPUT as i32,
+            Some(check_url_allowlist),
+            None,
+            None,
+        );
+    }
     GucRegistry::define_int_guc(
         c"pg_vision.url_timeout",
         c"Time a background worker allows one image URL fetch (connect, redirects, body).",
@@ -364,7 +374,54 @@ pub fn indexer_naptime_ms() -> i64 {
 }
 
 pub fn url_allowlist() -> String {
-    setting(&URL_ALLOWLIST)
+    // SAFETY: PostgreSQL sets the pointer (to a NUL-terminated string or NULL) only in this
+    // backend's main thread, between statements; we read it on the same thread.
+    let value = unsafe { *URL_ALLOWLIST.0.get() };
+    if value.is_null() {
+        return String::new();
+    }
+    // SAFETY: non-NULL: a NUL-terminated string the GUC code keeps until the next assignment.
+    unsafe { CStr::from_ptr(value) }.to_string_lossy().into_owned()
+}
+
+/// A string setting's storage for `DefineCustomStringVariable`.
+struct RawString(UnsafeCell<*mut c_char>);
+// SAFETY: only PostgreSQL's GUC code writes it, and every access is on the backend's main thread.
+unsafe impl Sync for RawString {}
+
+/// Refuses a malformed `pg_vision.url_allowlist` where it is set (ALTER SYSTEM, a reload of
+/// postgresql.conf), with the entry and what is wrong with it, instead of letting every URL
+/// fetch fail later. Runs in the postmaster too at reload, so it must never panic.
+unsafe extern "C-unwind" fn check_url_allowlist(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: PostgreSQL passes a valid pointer to the proposed value (a string or NULL).
+    let value = unsafe { *newval };
+    let text =
+        if value.is_null() { String::new() } else { unsafe { CStr::from_ptr(value) }.to_string_lossy().into_owned() };
+    let problem = match std::panic::catch_unwind(|| pg_vision_core::fetch::Allowlist::parse(&text).err()) {
+        Ok(None) => return true,
+        Ok(Some(e)) => (e.message, e.hint),
+        Err(_) => ("the allowlist could not be checked".to_string(), None),
+    };
+    // What guc.c shows with its "invalid value for parameter" error; kept in ErrorContext,
+    // as GUC_check_errdetail() keeps it. Messages hold no NUL (they quote entries through
+    // `shown`), but one would only shorten the text.
+    let keep = |s: String| {
+        let c = CString::new(s.replace('\0', " ")).unwrap_or_default();
+        // SAFETY: copies a NUL-terminated string into a live memory context.
+        unsafe { pg_sys::MemoryContextStrdup(pg_sys::ErrorContext, c.as_ptr()) }
+    };
+    // SAFETY: guc.c resets these before calling the hook and reads them after it.
+    unsafe {
+        pg_sys::GUC_check_errdetail_string = keep(problem.0);
+        if let Some(hint) = problem.1 {
+            pg_sys::GUC_check_errhint_string = keep(hint);
+        }
+    }
+    false
 }
 
 pub fn url_timeout_ms() -> u64 {

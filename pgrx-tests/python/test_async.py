@@ -334,6 +334,43 @@ def test_image_urls_fetched_by_the_workers_only_from_the_allowlist(owner, writer
         server.close()
 
 
+def test_a_malformed_url_allowlist_is_refused_where_it_is_set(indexer, system_settings):
+    """A malformed pg_vision.url_allowlist fails ALTER SYSTEM at once (22023, the entry and what
+    is wrong in the detail, a hint), and a postgresql.conf holding one, reloaded, keeps the last
+    good value: checked by the setting's check hook, in the postmaster too, which stays up (the
+    health fixture); URL fetches never see a malformed list."""
+    system_settings.set("pg_vision.url_allowlist", "images.example.com")
+    with photos.connect() as c:
+        for bad, entry in [("images.example.com, https://cdn.example.com", "https://cdn.example.com"),
+                           ("a.com,,b.com", ""), ("*.com", "*.com"), ("cdn.example.com:99999", "99999")]:
+            with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+                c.execute(f"ALTER SYSTEM SET pg_vision.url_allowlist = '{bad}'")
+            assert "invalid URL allowlist entry" in e.value.diag.message_detail and entry in e.value.diag.message_detail
+            assert e.value.diag.message_hint
+        assert c.execute("SHOW pg_vision.url_allowlist").fetchone()[0] == "images.example.com"
+        # The value ALTER SYSTEM wrote, replaced by hand, as an edit of a configuration file would.
+        conf = os.path.join(c.execute("SHOW data_directory").fetchone()[0], "postgresql.auto.conf")
+        log = os.path.join(photos.state_dir(), "postgres.log")
+        with open(conf) as f:
+            original = f.read()
+        assert "pg_vision.url_allowlist = 'images.example.com'" in original
+        log_at = os.path.getsize(log)
+        try:
+            with open(conf, "w") as f:
+                f.write(original.replace("'images.example.com'", "'http://images.example.com'"))
+            c.execute("SELECT pg_reload_conf()")
+            wait_for("the reload's complaint", lambda: "pg_vision.url_allowlist" in open(log).read()[log_at:])
+            with photos.connect() as fresh:
+                assert fresh.execute("SHOW pg_vision.url_allowlist").fetchone()[0] == "images.example.com"
+            with open(log) as f:
+                complaint = f.read()[log_at:]
+            assert 'invalid value for parameter "pg_vision.url_allowlist"' in complaint, complaint
+        finally:
+            with open(conf, "w") as f:
+                f.write(original)
+            c.execute("SELECT pg_reload_conf()")
+
+
 def test_crash_safety_under_kill_9(owner, writer, app_role, images):
     """kill -9 of a worker mid-import, 20 times: PostgreSQL restarts every backend each time;
     afterwards every committed row has the vector of its current image, and nothing queued

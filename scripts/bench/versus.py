@@ -29,7 +29,14 @@ workers (default one per core), each with an onnxruntime session of --threads th
    processes' CPU (pg_vision: the clients' backends; the service: uvicorn's processes and
    their backends) per search and per second (the cores each side got: on a machine doing
    other work too, searches/s follow it), and the clients' own share of the CPU.
-3. with --sweep 1,2,4,8: the throughput phase again for each of those numbers of clients,
+3. ceilings: what the ratios could at most be on this machine with the same ONNX file, ONNX
+   Runtime and recipe, even if pg_vision's resize, search, SQL and network cost nothing:
+   latency <= service p50 / (pg_vision's decode p50 + inference p50, from pg_vision_profile());
+   throughput (the machine is CPU-bound under 8 clients) <= the service's serving CPU per
+   search / the model's CPU per image, best of batches of 1-16 in one thread of Python
+   onnxruntime with the service's session options (CEILING_BATCHES: batching does not help
+   this model, so no cross-connection batching could either).
+4. with --sweep 1,2,4,8: the throughput phase again for each of those numbers of clients,
    --sweep-seconds per side each (the curve of scripts/bench/charts.py's throughput chart).
 With --profile, where the time goes, on the latency run's searches: the service's
 Server-Timing header (decode, preprocess, inference, query) and pg_vision_profile()
@@ -344,6 +351,55 @@ def pg_vision_profile(conn, image):
     return {name.removesuffix("_ms"): ms for name, ms in zip(columns, row)}
 
 
+CEILING_BATCHES = (1, 2, 4, 8, 16)
+CEILING_CALLS = 30
+
+
+def inference_cpu_floor(models):
+    """{batch: CPU ms per image} of the model alone, one intra-op thread (no time lost to
+    thread hand-offs), the service's session options, random inputs (the cost does not
+    depend on the pixels); and the smallest of them."""
+    import onnxruntime as ort
+
+    with open(os.path.join(models, f"{MODEL}.json")) as f:
+        manifest = json.load(f)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(os.path.join(models, manifest["onnx_file"]), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    per_batch = {}
+    for batch in CEILING_BATCHES:
+        x = np.random.default_rng(batch).random((batch, 3, manifest["height"], manifest["width"]), dtype=np.float32)
+        for _ in range(3):
+            session.run(None, {name: x})
+        runs = max(4, 64 // batch)
+        c0 = time.process_time()
+        for _ in range(runs):
+            session.run(None, {name: x})
+        per_batch[batch] = (time.process_time() - c0) * 1e3 / (runs * batch)
+    return per_batch, min(per_batch.values())
+
+
+def ceilings(conn, image, models, lat, split, runs):
+    """The most each ratio could be (see the docstring's step 3)."""
+    if split is None:  # no --profile: pg_vision_profile() on its own
+        steps = [pg_vision_profile(conn, tagged(image, f"ceiling {i}")) for i in range(CEILING_CALLS)]
+        split = {"pg_vision": {step: stats([s[step] for s in steps]) for step in steps[0]}}
+    pg = split["pg_vision"]
+    floor_ms = pg["decode"]["p50"] + pg["inference"]["p50"]
+    per_batch, cpu_floor = inference_cpu_floor(models)
+    service_cpu = runs["service"]["serving_cpu_ms_per_search"]
+    return {"pg_vision_decode_plus_inference_ms": floor_ms,
+            "latency_ratio_ceiling": lat["service"]["p50"] / floor_ms,
+            "latency_ms_needed_for_2_5x": lat["service"]["p50"] / 2.5,
+            "inference_cpu_ms_per_image_by_batch": per_batch, "inference_cpu_ms_per_image": cpu_floor,
+            "throughput_ratio_ceiling": service_cpu / cpu_floor,
+            "cpu_ms_per_search_needed_for_3x": service_cpu / 3}
+
+
 def cpu_times():
     """(busy, steal, total) jiffies of all CPUs from /proc/stat."""
     with open("/proc/stat") as f:
@@ -561,7 +617,8 @@ def measure(args, image):
             lat, split, agree = latency(args, spec)
             runs = {side: throughput(side, args, spec, conn, service.pid) for side in CLIENTS}
             curve = sweep(args, spec, conn, service.pid)
-    return {**found, "agreement": agree, "search_sql": SEARCH_SQL, "sweep": curve,
+        ceiling = ceilings(conn, image, model_dir(conn), lat, split, runs)
+    return {**found, "ceilings": ceiling, "agreement": agree, "search_sql": SEARCH_SQL, "sweep": curve,
             "latency_ms": lat, "latency_ratio_service_over_pg_vision": lat["service"]["p50"] / lat["pg_vision"]["p50"],
             "profile_ms": split, "throughput": runs,
             "throughput_ratio_pg_vision_over_service": runs["pg_vision"]["searches_per_s"] / runs["service"]["searches_per_s"]}
@@ -581,6 +638,16 @@ def report(settings, r):
         print_split(r["latency_ms"], r["profile_ms"])
     print_throughput(r["throughput"])
     print(f"  pg_vision / service searches/s: {r['throughput_ratio_pg_vision_over_service']:.2f}")
+    c = r["ceilings"]
+    print("\nceilings: the most the ratios could be with the same ONNX file, ONNX Runtime and recipe")
+    print(f"  latency: service p50 {r['latency_ms']['service']['p50']:.2f} / pg_vision decode + inference alone "
+          f"{c['pg_vision_decode_plus_inference_ms']:.2f} ms = {c['latency_ratio_ceiling']:.2f}x "
+          f"(2.5x needs {c['latency_ms_needed_for_2_5x']:.2f} ms)")
+    batches = ", ".join(f"{b}: {ms:.2f}" for b, ms in c["inference_cpu_ms_per_image_by_batch"].items())
+    print(f"  throughput: service {r['throughput']['service']['serving_cpu_ms_per_search']:.1f} CPU ms/search / "
+          f"the model alone {c['inference_cpu_ms_per_image']:.2f} CPU ms/image = {c['throughput_ratio_ceiling']:.2f}x "
+          f"(3x needs {c['cpu_ms_per_search_needed_for_3x']:.2f} CPU ms/search in all)")
+    print(f"  the model's CPU ms per image by batch size, 1 thread: {batches}")
     if r["sweep"]:
         print("\nthroughput by number of clients (searches/s; p50 ms)")
         for point in r["sweep"]:
