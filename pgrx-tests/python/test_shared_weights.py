@@ -9,16 +9,21 @@ Runtime maps, plus a sidecar saying for which version, CPU and weights (core/src
   - a sidecar that does not match (another ONNX Runtime version) falls back to the plain file,
     with a LOG line saying why, and the same vectors;
   - a model replaced by rename (new weights, manifest, prepared files) is loaded again by a
-    backend that held the old one, at its next call, without disturbing it.
+    backend that held the old one, at its next call, without disturbing it;
+  - under a tight budget, connections are admitted by their private bytes once one maps the
+    shared file, and the first that does not fit gets SQLSTATE 53200 naming the budget (with
+    sharing off, each counts the whole model: fewer fit).
 """
 
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
 
 import numpy as np
+import psycopg
 import pytest
 
 import photos
@@ -105,6 +110,71 @@ def test_eight_connections_share_one_copy_and_the_budget_counts_it_once(superuse
     finally:
         for c in conns:
             c.close()
+
+
+def of(superuser, pid):
+    """(shared_file, shared_bytes, bytes) of backend `pid`'s efficientnet row (pg_vision_memory
+    shows every backend's rows to superusers only)."""
+    return superuser.execute(
+        "SELECT shared_file, shared_bytes, bytes FROM pg_vision_memory WHERE pid = %s AND model = 'efficientnet'", (pid,)
+    ).fetchone()
+
+
+def admitted(app_role, superuser, image, up_to):
+    """Opens up to `up_to` connections of the app role, each embedding with EfficientNet, until
+    one is refused: (connections that hold the model, the refusal or None). Closes them all."""
+    conns, refusal = [], None
+    try:
+        for _ in range(up_to):
+            c = photos.connect(user=app_role)
+            conns.append(c)
+            try:
+                c.execute("SELECT vector_dims(embed_efficientnet(%s))", (image,)).fetchone()
+            except psycopg.Error as e:
+                refusal = e
+                break
+        return len(conns) - (refusal is not None), refusal
+    finally:
+        pids = [c.info.backend_pid for c in conns]
+        for c in conns:
+            c.close()
+        wait_for("the connections' rows to go", lambda: superuser.execute(
+            "SELECT count(*) = 0 FROM pg_vision_memory WHERE pid = ANY(%s)", (pids,)).fetchone()[0])
+
+
+def test_a_tight_budget_admits_connections_by_their_private_bytes(superuser, app_role, system_settings, health):
+    image = photos.jpeg_1000()
+    # The sizes, under the default budget: one connection with the shared file, one with
+    # the plain file (each measurement is also what the next reservation expects).
+    with photos.connect(user=app_role) as c:
+        c.execute("SELECT vector_dims(embed_efficientnet(%s))", (image,)).fetchone()
+        pid = c.info.backend_pid
+        shared_file, shared, private = of(superuser, pid)
+    assert shared_file == DATA_FILE and shared > 5 * private, (shared, private)
+    system_settings.set("pg_vision.shared_weights", "off")
+    with photos.connect(user=app_role) as c:
+        c.execute("SELECT vector_dims(embed_efficientnet(%s))", (image,)).fetchone()
+        plain_pid = c.info.backend_pid
+        plain_file, _, whole = of(superuser, plain_pid)
+    assert plain_file is None and whole > shared
+    wait_for("the two connections' rows to go", lambda: superuser.execute(
+        "SELECT count(*) = 0 FROM pg_vision_memory WHERE pid IN (%s, %s)", (pid, plain_pid)).fetchone()[0])
+    others = superuser.execute("SELECT used FROM pg_vision_memory_summary").fetchone()[0]
+
+    # Room for the file and three and a half connections' private bytes, in whole MB.
+    budget_mb = round((others + shared + 3.5 * private) / 2**20)
+    room = budget_mb * 2**20 - others
+    expect_shared = math.floor((room - shared) / private)
+    expect_plain = math.floor(room / whole)
+    assert expect_shared == 3 and expect_plain == 1, (budget_mb, expect_shared, expect_plain)
+    system_settings.set("pg_vision.memory_budget", str(budget_mb))
+
+    for setting, expect in (("off", expect_plain), ("on", expect_shared)):
+        system_settings.set("pg_vision.shared_weights", setting)
+        held, refusal = admitted(app_role, superuser, image, expect + 1)
+        assert held == expect, (setting, held, refusal)
+        assert isinstance(refusal, psycopg.errors.OutOfMemory), refusal  # 53200
+        assert "pg_vision.memory_budget" in str(refusal) and f"({budget_mb}.0 MB)" in str(refusal), str(refusal)
 
 
 @pytest.fixture
