@@ -124,21 +124,10 @@ TEXT_MODELS = ("fclip", "clip_fixture", "fclip_fixture")
 
 
 def text_model(cur):
-    """The first installed model of TEXT_MODELS that has a text tower, or None.
-    pg_vision_models() lists the available models but not their towers, so each candidate
-    embeds a word: a model without a text tower fails with 22023, one whose files are
-    missing with 58P01."""
-    cur.execute("SELECT name FROM pg_vision_models() WHERE available")
-    available = {name for (name,) in cur.fetchall()}
-    for name in TEXT_MODELS:
-        if name not in available:
-            continue
-        try:
-            cur.execute("SELECT embed_text(%s, 'probe') IS NOT NULL", (name,))
-            return name
-        except psycopg.Error:
-            continue
-    return None
+    """The first available model of TEXT_MODELS that has a text tower, or None."""
+    cur.execute("SELECT name FROM pg_vision_models() WHERE available AND text_tower")
+    usable = {name for (name,) in cur.fetchall()}
+    return next((name for name in TEXT_MODELS if name in usable), None)
 
 
 def load_text_vectors(cur):

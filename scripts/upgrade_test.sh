@@ -6,6 +6,9 @@
 # Released install scripts are kept, exactly as pgrx generated them at their release
 # commit, in pgrx-tests/upgrade/pg_vision--<version>.sql; the update scripts
 # (sql/pg_vision--<old>--<new>.sql) are installed with the extension.
+# Before the updates, scripts/check_c_functions.py checks that this library still serves
+# every released version's SQL (the state of a database between a new library and its
+# ALTER EXTENSION UPDATE), and each old version's table functions are called once so.
 # Usage: scripts/upgrade_test.sh   (the cluster must have the current build installed)
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
@@ -52,6 +55,9 @@ PGDATABASE=pg_vision_upgrade_new pgv_psql -q -c "CREATE EXTENSION pg_vision CASC
 PGDATABASE=pg_vision_upgrade_new pgv_psql -qAt -c "$MEMBERS" > "$OUT/new.txt"
 
 status=0
+"$PY" scripts/check_c_functions.py "$EXTDIR/pg_vision--$current.sql" "$("$PG_CONFIG" --pkglibdir)/pg_vision.so" \
+  pgrx-tests/upgrade/pg_vision--*.sql || die "upgrade test failed: C functions"
+
 for script in pgrx-tests/upgrade/pg_vision--*.sql; do
   old="$(basename "$script" .sql)"; old="${old#pg_vision--}"
   install -m 644 "$script" "$EXTDIR/pg_vision--$old.sql"
@@ -65,6 +71,18 @@ CREATE TABLE shop (id int PRIMARY KEY, image bytea, emb vector(1280), checksum t
 CREATE TRIGGER embed BEFORE INSERT OR UPDATE OF image ON shop FOR EACH ROW
   EXECUTE FUNCTION pg_vision_embed_trigger('image', 'emb:efficientnet', 'checksum=checksum');
 INSERT INTO shop (id, image) VALUES (1, pg_read_binary_file('$PHOTO'));
+-- the old version's table functions, answered by this library (a crash ends the test)
+DO \$\$
+DECLARE f regprocedure;
+BEGIN
+  FOR f IN SELECT p.oid FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
+            WHERE d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'pg_vision')
+              AND p.prolang = (SELECT oid FROM pg_language WHERE lanname = 'c') AND p.proretset AND p.pronargs = 0
+  LOOP
+    EXECUTE format('SELECT count(*) FROM (SELECT * FROM %s) r', f);
+  END LOOP;
+END
+\$\$;
 ALTER EXTENSION pg_vision UPDATE;
 INSERT INTO shop (id, image) VALUES (2, pg_read_binary_file('$PHOTO'));
 SQL

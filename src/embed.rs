@@ -119,8 +119,9 @@ fn pg_vision_model_dim(model: &str) -> Option<i32> {
     }
 }
 
-/// The models in `pg_vision.model_dir`: whether their weights are present and whether
-/// this connection has them loaded.
+/// The models in `pg_vision.model_dir`: whether they embed text too (a text tower, for
+/// `embed_text`), whether their weights are present and whether this connection has them
+/// loaded.
 // pgrx reads the SQL result columns from this signature, so they cannot move into a type alias.
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
@@ -135,6 +136,9 @@ fn pg_vision_models() -> TableIterator<
         name!(loaded, bool),
         name!(problem, Option<String>),
         name!(description, String),
+        // Columns are only ever appended: a database not yet updated to this version
+        // declares the older, shorter list, and PostgreSQL reads each row by that list.
+        name!(text_tower, bool),
     ),
 > {
     let dir = guc::model_dir();
@@ -157,11 +161,12 @@ fn pg_vision_models() -> TableIterator<
                         is_loaded,
                         problem,
                         m.description,
+                        m.text.is_some(),
                     )
                 }
                 Err(e) => {
                     let problem = Some(in_sql_terms(e).to_string());
-                    (name, 0, String::new(), String::new(), false, is_loaded, problem, String::new())
+                    (name, 0, String::new(), String::new(), false, is_loaded, problem, String::new(), false)
                 }
             }
         })

@@ -9,7 +9,7 @@ CREATE TEMP TABLE photo AS
   UNION ALL SELECT 'rocket', pg_read_binary_file(:'rocket');
 
 -- installed models
-SELECT name, dim, input_size, available, loaded FROM pg_vision_models() ORDER BY name;
+SELECT name, dim, input_size, text_tower, available, loaded FROM pg_vision_models() ORDER BY name;
 
 -- dimensions, from the generic and the per-model functions
 SELECT name, vector_dims(embed_efficientnet(img)) AS effnet, vector_dims(embed_image('efficientnet_lite2', img)) AS lite2
