@@ -13,7 +13,8 @@
 //!   context (PostgreSQL's `SECURITY_RESTRICTED_OPERATION`, as autovacuum runs index
 //!   expressions): the table's triggers, policies and functions run with the owner's
 //!   rights and cannot SET ROLE back. A batch is one transaction; any error aborts it and
-//!   leaves the queue rows for the next try.
+//!   leaves the queue rows for a later try, with backoff, while the worker goes on with the
+//!   other tables. The worker's own statements run with search_path pinned to pg_catalog.
 //! - Workers count in the memory budget like any backend (they load models the same way).
 //! - What they do is in shared memory: `pg_vision_indexer_workers()` (each worker's state)
 //!   and `pg_vision_indexer_batches()` (recent batches, for rates).
@@ -177,6 +178,8 @@ thread_local! {
     static SERVED: Cell<Option<bool>> = const { Cell::new(None) };
     /// This backend said once that no worker serves its database.
     static WARNED: Cell<bool> = const { Cell::new(false) };
+    /// The table of the batch this worker is running (0: none), for `drain` when it fails.
+    static BATCH_RELATION: Cell<u32> = const { Cell::new(0) };
 }
 
 /// Whether pg_vision's workers were started for this backend's database. Asked for every
@@ -377,23 +380,45 @@ fn record(slot: usize, d: &Done, started: i64) {
     state.next_batch = state.next_batch.wrapping_add(1);
 }
 
-/// Batches until the queue has nothing due.
+/// Batches until the queue has nothing due. A table whose batch cannot run now (its lock is
+/// held elsewhere) or fails as a whole is skipped for the rest of the round, and a failed
+/// one's due rows are put back with the queue's backoff (`postpone`): whatever is wrong
+/// with one tenant's table, the workers go on embedding the others'.
 fn drain(slot: usize) {
+    let mut skipped: Vec<pg_sys::Oid> = Vec::new();
     loop {
         let started = now();
-        match in_transaction(|| one_batch(slot)) {
+        BATCH_RELATION.with(|r| r.set(0));
+        match in_transaction(|| one_batch(slot, &skipped)) {
             Ok(Some(done)) => {
                 record(slot, &done, started);
-                if done.claimed == 0 {
+                if done.relation == 0 {
                     set_activity(slot, Activity::Idle, None);
                     return;
                 }
+                if done.claimed == 0 {
+                    // Locked (a DROP, TRUNCATE or LOCK TABLE in progress) or taken by
+                    // another worker: the other tables first, this one at the next round.
+                    skipped.push(pg_sys::Oid::from(done.relation));
+                }
             }
             Ok(None) => return,
-            Err(message) => {
-                warning!("pg_vision indexer: a batch failed and was rolled back, its rows stay queued: {message}");
+            Err(failure) => {
+                warning!(
+                    "pg_vision indexer: a batch failed and was rolled back, its rows stay queued: {}",
+                    failure.message
+                );
                 set_activity(slot, Activity::Failing, None);
-                return;
+                let relation = BATCH_RELATION.with(|r| r.replace(0));
+                if relation == 0 {
+                    return;
+                }
+                let relation = pg_sys::Oid::from(relation);
+                skipped.push(relation);
+                let error = format!("{}: the batch failed: {}", failure.sqlstate, failure.message);
+                if let Err(e) = in_transaction(|| postpone(relation, &error)) {
+                    warning!("pg_vision indexer: cannot postpone the queued rows of table {relation:?}: {}", e.message);
+                }
             }
         }
         check_for_interrupts!();
@@ -401,13 +426,25 @@ fn drain(slot: usize) {
     }
 }
 
-/// Runs `f` in a transaction of its own; an error rolls it back and is returned as text.
-fn in_transaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, String> {
-    // SAFETY: starts a transaction with a snapshot, as PostgreSQL's own workers do.
+/// Why a transaction of the worker failed.
+struct Failure {
+    sqlstate: String,
+    message: String,
+}
+
+/// Runs `f` in a transaction of its own; an error rolls it back and is returned. The
+/// worker's own statements (run as the superuser it connected as) see only `pg_catalog`:
+/// no function or operator of a schema another role can create in (a database's
+/// `search_path`, a `public` open to all) is ever called with its rights.
+fn in_transaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, Failure> {
+    // SAFETY: starts a transaction with a snapshot, as PostgreSQL's own workers do; the
+    // search_path set at a new GUC nest level is undone when the transaction ends.
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        pg_sys::NewGUCNestLevel();
+        pg_sys::RestrictSearchPath();
     }
     PgTryBuilder::new(|| {
         let r = f();
@@ -419,42 +456,79 @@ fn in_transaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R
         Ok(r)
     })
     .catch_others(|e| {
-        let message = match &e {
+        let failure = match &e {
             pg_sys::panic::CaughtError::PostgresError(r)
             | pg_sys::panic::CaughtError::ErrorReport(r)
-            | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.message().to_owned(),
+            | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => Failure {
+                // SAFETY: unpack_sql_state returns a static buffer holding the 5 characters.
+                sqlstate: unsafe { std::ffi::CStr::from_ptr(pg_sys::unpack_sql_state(r.sql_error_code() as i32)) }
+                    .to_string_lossy()
+                    .into_owned(),
+                message: r.message().to_owned(),
+            },
         };
         // SAFETY: the error was caught and flushed; abort undoes the transaction, its
-        // snapshots and the user id set for the batch.
+        // snapshots, the settings and the user id set for the batch.
         unsafe { pg_sys::AbortCurrentTransaction() };
-        Err(message)
+        Err(failure)
     })
     .execute()
 }
 
-/// One batch in the current transaction: `None` when there is nothing to do (or no
-/// extension to do it with).
-fn one_batch(slot: usize) -> Option<Done> {
-    let schema: Option<String> = Spi::get_one(
+/// The extension's schema, quoted, if pg_vision 0.6.0 or later is installed in this database.
+fn extension_schema() -> Option<String> {
+    Spi::get_one(
         "SELECT (SELECT pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_extension e
                    JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
                   WHERE e.extname = 'pg_vision'
                     AND pg_catalog.to_regclass(pg_catalog.quote_ident(n.nspname) || '.pg_vision_queue') IS NOT NULL)",
     )
-    .unwrap_or(None);
-    let Some(schema) = schema else {
+    .unwrap_or(None)
+}
+
+/// After a batch of `relation` failed as a whole: its due rows are tried again later, 2, 4,
+/// 8 ... seconds (at most an hour) as after a row's passing failure, so a table whose
+/// batches keep failing costs a failed batch per backoff, not one per wake. Rows that
+/// another transaction holds are left as they are, never waited for.
+fn postpone(relation: pg_sys::Oid, error: &str) {
+    let Some(schema) = extension_schema() else { return };
+    Spi::run_with_args(
+        &format!(
+            "UPDATE {schema}.pg_vision_queue
+                SET attempts = LEAST(GREATEST(attempts, 0), 1000000) + 1,
+                    next_try = pg_catalog.now() + LEAST(pg_catalog.make_interval(secs => 2 ^ LEAST(GREATEST(attempts, 0) + 1, 12)),
+                                                        interval '1 hour'),
+                    last_error = $2
+              WHERE id IN (SELECT q.id FROM {schema}.pg_vision_queue q
+                            WHERE q.relation::pg_catalog.oid = $1 AND q.next_try <= pg_catalog.now()
+                              FOR UPDATE SKIP LOCKED)"
+        ),
+        &[relation.into(), error.into()],
+    )
+    .unwrap_or_else(|e| error!("{e}"));
+}
+
+/// One batch in the current transaction: `None` when there is nothing to do (or no
+/// extension to do it with). Tables in `skipped` are not looked at.
+fn one_batch(slot: usize, skipped: &[pg_sys::Oid]) -> Option<Done> {
+    let Some(schema) = extension_schema() else {
         set_activity(slot, Activity::NoExtension, None);
         return None;
     };
     // The oldest due row names the table; other workers skip the rows this one locks.
-    let relation: Option<pg_sys::Oid> = Spi::get_one(&format!(
-        "SELECT (SELECT q.relation::pg_catalog.oid FROM {schema}.pg_vision_queue q
-                  WHERE q.next_try <= pg_catalog.now() ORDER BY q.id LIMIT 1 FOR UPDATE OF q SKIP LOCKED)"
-    ))
+    let relation: Option<pg_sys::Oid> = Spi::get_one_with_args(
+        &format!(
+            "SELECT (SELECT q.relation::pg_catalog.oid FROM {schema}.pg_vision_queue q
+                      WHERE q.next_try <= pg_catalog.now() AND q.relation::pg_catalog.oid <> ALL ($1)
+                      ORDER BY q.id LIMIT 1 FOR UPDATE OF q SKIP LOCKED)"
+        ),
+        &[skipped.to_vec().into()],
+    )
     .unwrap_or(None);
     let Some(relation) = relation else {
         return Some(Done { relation: 0, claimed: 0, embedded: 0, failed: 0, retried: 0 });
     };
+    BATCH_RELATION.with(|r| r.set(relation.to_u32()));
     set_activity(slot, Activity::Embedding, Some(relation.to_u32()));
     // The table is locked for the batch, as an INSERT would lock it: a DROP or TRUNCATE
     // waits for the batch, and one in progress makes the worker come back later instead
@@ -469,7 +543,13 @@ fn one_batch(slot: usize) -> Option<Done> {
     let Some(owner) = owner else {
         // The table was dropped: its queued rows have nothing left to index.
         let claimed: i64 = Spi::get_one_with_args(
-            &format!("WITH d AS (DELETE FROM {schema}.pg_vision_queue WHERE relation = $1 RETURNING 1) SELECT count(*) FROM d"),
+            &format!(
+                "WITH d AS (DELETE FROM {schema}.pg_vision_queue
+                             WHERE id IN (SELECT q.id FROM {schema}.pg_vision_queue q
+                                           WHERE q.relation::pg_catalog.oid = $1 FOR UPDATE SKIP LOCKED)
+                            RETURNING 1)
+                 SELECT count(*) FROM d"
+            ),
             &[relation.into()],
         )
         .ok()

@@ -1,0 +1,198 @@
+"""Hostile use of asynchronous indexing (trigger mode=async) by an ordinary role, with the
+real background workers: what one tenant does to its own tables and to the shared queue
+must never give it the workers' superuser rights, another tenant's data or URLs of its
+choosing, and must never stop the workers from indexing the other tenants' tables.
+
+The cluster is restarted with pg_vision.indexer_databases = 'pg_vision' (2 workers), as in
+test_async.py. The hostile role (conftest's pgv_hostile) owns a schema of its own; the
+victim, pgv_victim, owns its own tables."""
+
+import io
+import os
+import subprocess
+import time
+
+import pytest
+
+import photos
+from helpers import wait_for
+
+VICTIM = "pgv_victim"
+WORKERS = 2
+SCHEMA = "hostile_async"
+
+
+def restart():
+    subprocess.run([os.path.join(photos.REPO, "scripts", "pg.sh"), "restart"], check=True, stdout=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def indexer(cluster, hostile_role):
+    with photos.connect() as c:
+        c.execute("ALTER SYSTEM SET pg_vision.indexer_databases = 'pg_vision'")
+        c.execute(f"ALTER SYSTEM SET pg_vision.indexer_workers = {WORKERS}")
+    restart()
+    with photos.connect() as c:
+        wait_for("the indexer workers", lambda: c.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_vision indexer'").fetchone()[0] == WORKERS)
+        if not c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (VICTIM,)).fetchone():
+            c.execute(f"CREATE ROLE {VICTIM} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE")
+        for schema, role in ((SCHEMA, hostile_role), ("victim_async", VICTIM)):
+            c.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            c.execute(f"CREATE SCHEMA {schema} AUTHORIZATION {role}")
+        c.execute(f"GRANT USAGE ON SCHEMA victim_async TO {hostile_role}")
+    yield
+    with photos.connect() as c:
+        c.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+        c.execute("DROP SCHEMA IF EXISTS victim_async CASCADE")
+        c.execute("ALTER SYSTEM RESET pg_vision.indexer_databases")
+        c.execute("ALTER SYSTEM RESET pg_vision.indexer_workers")
+    restart()
+
+
+@pytest.fixture(scope="module")
+def checked(indexer, health):
+    """The module's tests, watched: no backend may crash, the postmaster never restart."""
+    return health
+
+
+def connect(role, schema):
+    c = photos.connect(user=role)
+    c.execute(f"SET search_path = {schema}, public")
+    return c
+
+
+@pytest.fixture
+def hostile(indexer, hostile_role):
+    with connect(hostile_role, SCHEMA) as c:
+        yield c
+
+
+@pytest.fixture
+def victim(indexer):
+    with connect(VICTIM, "victim_async") as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def jpeg():
+    buf = io.BytesIO()
+    photos.photo(photos.names()[0]).convert("RGB").save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def ext_schema(indexer):
+    with photos.connect() as c:
+        return c.execute("""SELECT quote_ident(n.nspname) FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+                             WHERE e.extname = 'pg_vision'""").fetchone()[0]
+
+
+def async_table(conn, name, image_type="bytea", checksum=False):
+    conn.execute(f"DROP TABLE IF EXISTS {name}")
+    conn.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, image {image_type}, emb vector(1280)"
+                 f"{', checksum text' if checksum else ''})")
+    extra = ", 'checksum=checksum'" if checksum else ""
+    conn.execute(f"""CREATE TRIGGER embed BEFORE INSERT OR UPDATE OF image ON {name} FOR EACH ROW
+                     EXECUTE FUNCTION pg_vision_embed_trigger('image', 'emb:efficientnet'{extra}, 'mode=async')""")
+
+
+def indexed(conn, table, timeout="30 s"):
+    return conn.execute("SELECT pg_vision_wait_for_indexing(%s, %s)", (table, timeout)).fetchone()[0]
+
+
+def test_an_operator_planted_in_public_never_runs_as_the_worker(checked, hostile, hostile_role, jpeg, ext_schema):
+    """The worker connects as the bootstrap superuser. Its own statements (before it becomes
+    the table owner) compared a queue row's regclass with an oid parameter: with search_path
+    "$user", public, an operator =(regclass, oid) in a public schema open to all (any database
+    created before PostgreSQL 15) was picked over pg_catalog's and ran as the superuser."""
+    with photos.connect() as c:
+        c.execute(f"GRANT CREATE ON SCHEMA public TO {hostile_role}")
+    try:
+        hostile.execute("CREATE TABLE seen (who name, super boolean)")
+        hostile.execute("GRANT INSERT ON seen TO PUBLIC")
+        hostile.execute(f"""CREATE FUNCTION public.pgv_planted_eq(regclass, oid) RETURNS boolean LANGUAGE plpgsql AS $$
+                            BEGIN
+                              BEGIN
+                                INSERT INTO {SCHEMA}.seen SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user;
+                                IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+                                  EXECUTE 'ALTER ROLE {hostile_role} SUPERUSER';
+                                END IF;
+                              EXCEPTION WHEN OTHERS THEN NULL;
+                              END;
+                              RETURN $1::oid = $2;
+                            END $$""")
+        hostile.execute("CREATE OPERATOR public.= (LEFTARG = regclass, RIGHTARG = oid, FUNCTION = public.pgv_planted_eq)")
+        async_table(hostile, "doomed")
+        oid = hostile.execute("SELECT 'doomed'::regclass::oid").fetchone()[0]
+        # Queued, then dropped in the same transaction: the worker finds a queue row whose
+        # table is gone, and deletes its rows.
+        with hostile.transaction():
+            hostile.execute("INSERT INTO doomed (id, image) VALUES (1, %s)", (jpeg,))
+            hostile.execute("DROP TABLE doomed")
+        with photos.connect() as c:
+            c.execute("SET search_path = pg_catalog")   # this test's own superuser queries too
+            wait_for("the dropped table's queue rows deleted", lambda: c.execute(
+                f"SELECT count(*) = 0 FROM {ext_schema}.pg_vision_queue WHERE relation::oid = %s::oid", (oid,)).fetchone()[0], timeout=30)
+            assert c.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (hostile_role,)).fetchone()[0] is False
+            assert c.execute(f"SELECT count(*) FROM {SCHEMA}.seen WHERE super").fetchone()[0] == 0
+    finally:
+        with photos.connect() as c:
+            c.execute("SET search_path = pg_catalog")
+            c.execute(f"ALTER ROLE {hostile_role} NOSUPERUSER")
+            c.execute("DROP OPERATOR IF EXISTS public.= (regclass, oid)")
+            c.execute("DROP FUNCTION IF EXISTS public.pgv_planted_eq(regclass, oid)")
+            c.execute(f"REVOKE CREATE ON SCHEMA public FROM {hostile_role}")
+
+
+def test_poisoned_and_locked_tables_never_stall_the_other_tables(checked, hostile, hostile_role, victim, jpeg):
+    """More broken tables than workers: queue rows whose key is not a row (the batch fails
+    as a whole), tables held by LOCK TABLE, rows of a dropped table locked FOR UPDATE. The
+    workers always picked the oldest due row, so they failed or gave up on these over and
+    over and never reached the victim's table."""
+    poisoned = [f"poison_{i}" for i in range(WORKERS + 1)]
+    locked = [f"locked_{i}" for i in range(WORKERS + 1)]
+    dropped = [f"dropped_{i}" for i in range(WORKERS + 1)]
+    for t in poisoned + locked + dropped:
+        async_table(hostile, t)
+    hostile_oids = [hostile.execute("SELECT %s::regclass::oid", (t,)).fetchone()[0] for t in poisoned + locked + dropped]
+    locker = photos.connect(user=hostile_role)
+    try:
+        with hostile.transaction():
+            for t in poisoned:
+                hostile.execute("INSERT INTO pg_vision_queue (relation, trigger_name, row_key) VALUES (%s, 'embed', '[1]')", (f"{SCHEMA}.{t}",))
+        locker.execute("BEGIN")
+        for t in locked:
+            locker.execute(f"LOCK TABLE {SCHEMA}.{t} IN ACCESS EXCLUSIVE MODE")
+        with hostile.transaction():
+            for t in locked:
+                hostile.execute("INSERT INTO pg_vision_queue (relation, trigger_name, row_key) VALUES (%s, 'embed', '{\"id\": 1}')", (f"{SCHEMA}.{t}",))
+        dropped_oids = hostile_oids[-len(dropped):]
+        for oid, t in zip(dropped_oids, dropped):
+            with hostile.transaction():
+                hostile.execute("INSERT INTO pg_vision_queue (relation, trigger_name, row_key) VALUES (%s, 'embed', '{\"id\": 1}'), (%s, 'embed', '{\"id\": 2}')",
+                                (f"{SCHEMA}.{t}", f"{SCHEMA}.{t}"))
+            # The newest of the two rows stays locked by the open transaction of `locker`.
+            locker.execute("SELECT 1 FROM pg_vision_queue WHERE relation = %s::oid::regclass ORDER BY id DESC LIMIT 1 FOR UPDATE", (oid,))
+            hostile.execute(f"DROP TABLE {t}")
+        time.sleep(1.5)   # the workers find the broken tables first
+        async_table(victim, "innocent")
+        victim.execute("INSERT INTO innocent (id, image) SELECT g, %s FROM generate_series(1, 3) g", (jpeg,))
+        assert indexed(victim, "innocent", "20 s"), "the other tables stalled the workers"
+        assert victim.execute("SELECT count(emb) FROM innocent").fetchone()[0] == 3
+        # A table whose batch fails is tried again later (backoff), saying why.
+        with photos.connect() as c:
+            rows = c.execute("""SELECT attempts, next_try > now(), last_error FROM pg_vision_queue
+                                 WHERE relation = ANY (%s::regclass[])""", ([f"{SCHEMA}.{t}" for t in poisoned],)).fetchall()
+            assert rows and all(a >= 1 and later and "the batch failed" in e for a, later, e in rows), rows
+        locker.close()
+        # Unlocked: the locked tables' rows are done (their key names no row), and so are
+        # the dropped tables' rows.
+        with photos.connect() as c:
+            wait_for("the dropped and unlocked tables' queue rows done", lambda: c.execute(
+                "SELECT count(*) = 0 FROM pg_vision_queue WHERE relation::oid = ANY (%s) OR relation = ANY (%s::regclass[])",
+                (dropped_oids, [f"{SCHEMA}.{t}" for t in locked])).fetchone()[0], timeout=30)
+    finally:
+        locker.close()
+        with photos.connect() as c:
+            c.execute("DELETE FROM pg_vision_queue WHERE relation::oid = ANY (%s)", (hostile_oids,))
