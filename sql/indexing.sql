@@ -51,7 +51,9 @@ RETURN left(sqlstate, 2) IN ('22', '0A', '54');
 -- One batch of one table's queue, run by a worker as the table's owner. Returns what it
 -- did: claimed queue rows, rows embedded, rows failed for good (in pg_vision_errors), rows
 -- put back to retry later. Rows of other workers' batches are skipped, never waited for.
-CREATE FUNCTION pg_vision_index_batch(rel regclass, batch_size int, max_attempts int,
+-- fetch_token: the worker's secret for this batch, which pg_vision_fetch_image wants (the
+-- owner's code that runs inside the batch does not have it); without it no URL is fetched.
+CREATE FUNCTION pg_vision_index_batch(rel regclass, batch_size int, max_attempts int, fetch_token bigint DEFAULT 0,
     OUT claimed int, OUT embedded int, OUT failed int, OUT retried int)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '1s' AS $$
 DECLARE
@@ -121,7 +123,7 @@ BEGIN
     -- Only background workers may fetch (pg_vision_fetch_image refuses anyone else).
     FOR j IN 1 .. n LOOP
       BEGIN
-        images[j] := @extschema@.pg_vision_fetch_image(urls[j]);
+        images[j] := @extschema@.pg_vision_fetch_image(urls[j], fetch_token);
       EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
         images[j] := NULL; err_state[j] := st; err_msg[j] := msg;

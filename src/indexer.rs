@@ -15,6 +15,8 @@
 //!   rights and cannot SET ROLE back. A batch is one transaction; any error aborts it and
 //!   leaves the queue rows for a later try, with backoff, while the worker goes on with the
 //!   other tables. The worker's own statements run with search_path pinned to pg_catalog.
+//! - Only the batch function may fetch image URLs (`pg_vision_fetch_image` wants the
+//!   batch's secret), not the owner's code that runs inside the batch.
 //! - Workers count in the memory budget like any backend (they load models the same way).
 //! - What they do is in shared memory: `pg_vision_indexer_workers()` (each worker's state)
 //!   and `pg_vision_indexer_batches()` (recent batches, for rates).
@@ -41,7 +43,8 @@ enum Activity {
     Starting,
     Idle,
     Embedding,
-    /// pg_vision (0.6.0 or later) is not installed in the worker's database.
+    /// pg_vision 0.7.0 or later is not installed in the worker's database (an older
+    /// version needs ALTER EXTENSION pg_vision UPDATE).
     NoExtension,
     /// The last batch failed as a whole (see the server log); retried at the next wake.
     Failing,
@@ -178,6 +181,9 @@ thread_local! {
     static SERVED: Cell<Option<bool>> = const { Cell::new(None) };
     /// This backend said once that no worker serves its database.
     static WARNED: Cell<bool> = const { Cell::new(false) };
+    /// The secret `pg_vision_index_batch` passes to `pg_vision_fetch_image` while this
+    /// worker runs a batch (0: none).
+    static FETCH_TOKEN: Cell<i64> = const { Cell::new(0) };
     /// The table of the batch this worker is running (0: none), for `drain` when it fails.
     static BATCH_RELATION: Cell<u32> = const { Cell::new(0) };
 }
@@ -456,6 +462,7 @@ fn in_transaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R
         Ok(r)
     })
     .catch_others(|e| {
+        FETCH_TOKEN.with(|t| t.set(0));
         let failure = match &e {
             pg_sys::panic::CaughtError::PostgresError(r)
             | pg_sys::panic::CaughtError::ErrorReport(r)
@@ -475,13 +482,15 @@ fn in_transaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R
     .execute()
 }
 
-/// The extension's schema, quoted, if pg_vision 0.6.0 or later is installed in this database.
+/// The extension's schema, quoted, if a version with the current batch function (0.7.0 or
+/// later) is installed in this database.
 fn extension_schema() -> Option<String> {
     Spi::get_one(
         "SELECT (SELECT pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_extension e
                    JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
                   WHERE e.extname = 'pg_vision'
-                    AND pg_catalog.to_regclass(pg_catalog.quote_ident(n.nspname) || '.pg_vision_queue') IS NOT NULL)",
+                    AND pg_catalog.to_regprocedure(pg_catalog.quote_ident(n.nspname)
+                          || '.pg_vision_index_batch(pg_catalog.regclass, integer, integer, bigint)') IS NOT NULL)",
     )
     .unwrap_or(None)
 }
@@ -506,6 +515,21 @@ fn postpone(relation: pg_sys::Oid, error: &str) {
         &[relation.into(), error.into()],
     )
     .unwrap_or_else(|e| error!("{e}"));
+}
+
+/// A secret for one batch: `pg_vision_fetch_image` fetches only with it, so code of the
+/// table's owner that runs inside the batch (its triggers, policies, defaults) cannot
+/// fetch URLs of its own choosing and read what comes back.
+fn new_fetch_token() -> i64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: fills the buffer from the operating system's random source.
+    if !unsafe { pg_sys::pg_strong_random(bytes.as_mut_ptr().cast(), bytes.len()) } {
+        error!("pg_vision indexer: could not generate random bytes");
+    }
+    match i64::from_ne_bytes(bytes) {
+        0 => 1,
+        t => t,
+    }
 }
 
 /// One batch in the current transaction: `None` when there is nothing to do (or no
@@ -557,17 +581,20 @@ fn one_batch(slot: usize, skipped: &[pg_sys::Oid]) -> Option<Done> {
         .unwrap_or(0);
         return Some(Done { relation: relation.to_u32(), claimed: claimed as i32, embedded: 0, failed: 0, retried: 0 });
     };
+    let token = new_fetch_token();
+    FETCH_TOKEN.with(|t| t.set(token));
     let counts: Vec<i32> = as_owner(owner, || {
         Spi::get_one_with_args::<Vec<i32>>(
             &format!(
                 "SELECT ARRAY[claimed, embedded, failed, retried]
-                   FROM {schema}.pg_vision_index_batch($1::pg_catalog.regclass, $2, $3)"
+                   FROM {schema}.pg_vision_index_batch($1::pg_catalog.regclass, $2, $3, $4)"
             ),
-            &[relation.into(), guc::indexer_batch_size().into(), guc::indexer_max_attempts().into()],
+            &[relation.into(), guc::indexer_batch_size().into(), guc::indexer_max_attempts().into(), token.into()],
         )
         .unwrap_or_else(|e| error!("pg_vision indexer: {e}"))
         .unwrap_or_default()
     });
+    FETCH_TOKEN.with(|t| t.set(0));
     let count = |i: usize| counts.get(i).copied().unwrap_or(0);
     let (claimed, embedded, failed, retried) = (count(0), count(1), count(2), count(3));
     Some(Done { relation: relation.to_u32(), claimed, embedded, failed, retried })
@@ -726,10 +753,12 @@ fn is_indexer() -> bool {
 
 /// The bytes behind an image URL, fetched under `pg_vision.url_allowlist`,
 /// `pg_vision.url_timeout` and `pg_vision.max_image_bytes`. Only pg_vision's background
-/// workers may call it: a fetch never happens inside a user's transaction.
+/// workers may call it, and only `pg_vision_index_batch` with the secret the worker gave
+/// it for the batch: a fetch never happens inside a user's transaction, and the table
+/// owner's code that runs inside a batch (triggers, policies) cannot fetch and read a URL.
 #[pg_extern(volatile, strict, parallel_unsafe)]
-fn pg_vision_fetch_image(url: &str) -> Vec<u8> {
-    if !is_indexer() {
+fn pg_vision_fetch_image(url: &str, token: i64) -> Vec<u8> {
+    if !is_indexer() || token == 0 || FETCH_TOKEN.with(|t| t.get()) != token {
         pgrx::pg_sys::panic::ErrorReport::new(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             "only pg_vision's background workers fetch image URLs",

@@ -7,9 +7,11 @@ The cluster is restarted with pg_vision.indexer_databases = 'pg_vision' (2 worke
 test_async.py. The hostile role (conftest's pgv_hostile) owns a schema of its own; the
 victim, pgv_victim, owns its own tables."""
 
+import http.server
 import io
 import os
 import subprocess
+import threading
 import time
 
 import pytest
@@ -196,3 +198,86 @@ def test_poisoned_and_locked_tables_never_stall_the_other_tables(checked, hostil
         locker.close()
         with photos.connect() as c:
             c.execute("DELETE FROM pg_vision_queue WHERE relation::oid = ANY (%s)", (hostile_oids,))
+
+
+class Server:
+    """A local HTTP server: an image, a 404, and a file that is not for the database's users."""
+
+    def __init__(self, image):
+        self.hits = {}
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server.hits[self.path] = server.hits.get(self.path, 0) + 1
+                if self.path == "/ok.jpg":
+                    self.reply(200, image)
+                elif self.path == "/internal.txt":
+                    self.reply(200, b"internal: not for the database's users")
+                else:
+                    self.reply(404, b"not found")
+
+            def reply(self, status, body):
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+@pytest.fixture
+def server(jpeg, system_settings):
+    s = Server(jpeg)
+    system_settings.set("pg_vision.url_allowlist", f"127.0.0.1:{s.port}")
+    system_settings.set("pg_vision.url_timeout", "2000")
+    yield s
+    s.close()
+
+
+def test_owner_code_inside_a_batch_cannot_fetch_urls(checked, hostile, server, ext_schema):
+    """A batch runs in the worker, the only process pg_vision_fetch_image serves; the table
+    owner's triggers run inside it. They could call pg_vision_fetch_image themselves, on any
+    URL the allowlist lets through, and keep what came back (not an embedding: the bytes)."""
+    hostile.execute("CREATE TABLE loot (call text, body bytea, sqlstate text)")
+    hostile.execute(f"""CREATE FUNCTION grab() RETURNS trigger LANGUAGE plpgsql AS $$
+                        DECLARE
+                          call text;
+                          got bytea;
+                        BEGIN
+                          FOREACH call IN ARRAY ARRAY['{ext_schema}.pg_vision_fetch_image($1)',
+                                                      '{ext_schema}.pg_vision_fetch_image($1, 0)',
+                                                      '{ext_schema}.pg_vision_fetch_image($1, 1)',
+                                                      '{ext_schema}.pg_vision_fetch_image($1, -1)'] LOOP
+                            BEGIN
+                              EXECUTE 'SELECT ' || call INTO got USING '{server.url("/internal.txt")}'::text;
+                              INSERT INTO {SCHEMA}.loot VALUES (call, got, NULL);
+                            EXCEPTION WHEN OTHERS THEN
+                              INSERT INTO {SCHEMA}.loot VALUES (call, NULL, SQLSTATE);
+                            END;
+                          END LOOP;
+                          RETURN NEW;
+                        END $$""")
+    async_table(hostile, "by_url", image_type="text")
+    hostile.execute("CREATE TRIGGER grab BEFORE UPDATE OF emb ON by_url FOR EACH ROW EXECUTE FUNCTION grab()")
+    hostile.execute("INSERT INTO by_url (id, image) VALUES (1, %s)", (server.url("/ok.jpg"),))
+    assert indexed(hostile, "by_url")
+    # The batch itself fetched and embedded the image...
+    assert hostile.execute("SELECT emb IS NOT NULL FROM by_url").fetchone()[0]
+    assert server.hits.get("/ok.jpg") == 1
+    # ... and the owner's trigger, which ran inside it, fetched nothing.
+    calls = hostile.execute("SELECT call, body IS NOT NULL, sqlstate FROM loot").fetchall()
+    assert len(calls) == 4
+    assert not [c for c in calls if c[1]], calls
+    assert "/internal.txt" not in server.hits
