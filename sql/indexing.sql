@@ -39,7 +39,11 @@ CREATE POLICY owner_updates ON pg_vision_queue FOR UPDATE
   USING (@extschema@.pg_vision_owns(relation));
 CREATE POLICY owner_deletes ON pg_vision_queue FOR DELETE
   USING (@extschema@.pg_vision_owns(relation));
-GRANT SELECT, INSERT, UPDATE, DELETE ON pg_vision_queue TO PUBLIC;
+-- Only the columns that name a row may be given on INSERT, and only the retry state
+-- changed: an id chosen by the inserter (ahead of the sequence) would make every other
+-- role's next queued row fail on the primary key.
+GRANT SELECT, DELETE ON pg_vision_queue TO PUBLIC;
+GRANT INSERT (relation, trigger_name, row_key), UPDATE (attempts, next_try, last_error) ON pg_vision_queue TO PUBLIC;
 GRANT USAGE ON SEQUENCE pg_vision_queue_id_seq TO PUBLIC;
 
 -- Whether a failure may go away by itself (retried with backoff) or will not (recorded at

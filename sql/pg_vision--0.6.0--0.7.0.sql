@@ -178,3 +178,11 @@ BEGIN
   DELETE FROM @extschema@.pg_vision_queue
    WHERE id = ANY (ids) AND (row_key = ANY (done_keys) OR NOT row_key = ANY (coalesce(found_keys, '{}')));
 END $$;
+
+-- Changed: ordinary roles insert queue and error rows naming only the columns that describe
+-- them (an id chosen ahead of the sequence made other roles' next rows, and so their
+-- writes, fail), and change only a queue row's retry state.
+REVOKE INSERT, UPDATE ON pg_vision_queue FROM PUBLIC;
+GRANT INSERT (relation, trigger_name, row_key), UPDATE (attempts, next_try, last_error) ON pg_vision_queue TO PUBLIC;
+REVOKE INSERT ON pg_vision_errors FROM PUBLIC;
+GRANT INSERT (relation, row_identity, image_column, model, sqlstate, message) ON pg_vision_errors TO PUBLIC;

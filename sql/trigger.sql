@@ -68,7 +68,10 @@ CREATE POLICY owner_deletes ON pg_vision_errors FOR DELETE
   USING (@extschema@.pg_vision_owns(relation));
 CREATE POLICY writer_records ON pg_vision_errors FOR INSERT
   WITH CHECK (@extschema@.pg_vision_may_write(relation) AND at = pg_catalog.now());
-GRANT SELECT, INSERT, DELETE ON pg_vision_errors TO PUBLIC;
+-- INSERT of the columns that describe a failure only: an id chosen by the writer (ahead of
+-- the sequence) would make other roles' next recorded failures, and so their writes, fail.
+GRANT SELECT, DELETE ON pg_vision_errors TO PUBLIC;
+GRANT INSERT (relation, row_identity, image_column, model, sqlstate, message) ON pg_vision_errors TO PUBLIC;
 GRANT USAGE ON SEQUENCE pg_vision_errors_id_seq TO PUBLIC;
 
 -- Identifies a row for messages and pg_vision_errors: its primary key columns as a JSON

@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 
+import psycopg
 import pytest
 
 import photos
@@ -281,3 +282,52 @@ def test_owner_code_inside_a_batch_cannot_fetch_urls(checked, hostile, server, e
     assert len(calls) == 4
     assert not [c for c in calls if c[1]], calls
     assert "/internal.txt" not in server.hits
+
+
+def test_queue_and_error_ids_cannot_be_taken_ahead_of_the_sequence(checked, hostile, victim, jpeg):
+    """Queue and error rows get their id from a sequence; a role that chose ids ahead of it
+    (its own table's rows, next_try = infinity so they stay) made every other role's next
+    queued row, or recorded failure, fail on the primary key: their INSERTs failed."""
+    async_table(hostile, "mine")
+
+    def attempt(query, params=()):
+        try:
+            with hostile.transaction():
+                hostile.execute(query, params)
+            return None
+        except psycopg.Error as e:
+            return e.sqlstate
+
+    try:
+        n = hostile.execute("SELECT nextval('pg_vision_queue_id_seq')").fetchone()[0]
+        e = hostile.execute("SELECT nextval('pg_vision_errors_id_seq')").fetchone()[0]
+        refused = [
+            attempt("""INSERT INTO pg_vision_queue (id, relation, trigger_name, row_key, next_try)
+                       SELECT g, 'mine', 'embed', '{"id": -1}', 'infinity' FROM generate_series(%s::bigint, %s::bigint) g""",
+                    (n + 1, n + 200)),
+            attempt("""INSERT INTO pg_vision_errors (id, relation, row_identity, image_column, model, sqlstate, message, at)
+                       SELECT g, 'mine', '{}', 'image', 'm', '22000', 'x', now() FROM generate_series(%s::bigint, %s::bigint) g""",
+                    (e + 1, e + 200)),
+            attempt("INSERT INTO pg_vision_queue (relation, trigger_name, row_key, next_try) VALUES ('mine', 'embed', '{}', 'infinity')"),
+            attempt("UPDATE pg_vision_queue SET id = id + 1000000 WHERE relation = 'mine'::regclass"),
+        ]
+        # The victim's writes: a queued row, and a failure recorded by a sync trigger.
+        async_table(victim, "queued")
+        victim.execute("INSERT INTO queued (id, image) VALUES (1, %s)", (jpeg,))
+        victim.execute("DROP TABLE IF EXISTS recorded")
+        victim.execute("CREATE TABLE recorded (id int PRIMARY KEY, image bytea, emb vector(1280))")
+        victim.execute("""CREATE TRIGGER embed BEFORE INSERT ON recorded FOR EACH ROW
+                          EXECUTE FUNCTION pg_vision_embed_trigger('image', 'emb:efficientnet', 'on_error=null')""")
+        victim.execute("INSERT INTO recorded (id, image) VALUES (1, '\\xdeadbeef')")
+        assert victim.execute("SELECT count(*) FROM pg_vision_errors WHERE relation = 'recorded'::regclass").fetchone()[0] == 1
+        assert indexed(victim, "queued")
+        assert refused == ["42501"] * 4
+        # What the trigger and the error recorder write is still allowed.
+        assert attempt("INSERT INTO pg_vision_queue (relation, trigger_name, row_key) VALUES ('mine', 'embed', '{\"id\": -1}')") is None
+        assert attempt("""INSERT INTO pg_vision_errors (relation, row_identity, image_column, model, sqlstate, message)
+                          VALUES ('mine', '{}', 'image', 'm', '22000', 'x')""") is None
+        assert attempt("UPDATE pg_vision_queue SET next_try = now() WHERE relation = 'mine'::regclass") is None
+    finally:
+        with photos.connect() as c:
+            c.execute("DELETE FROM pg_vision_queue WHERE relation = %s::regclass", (f"{SCHEMA}.mine",))
+            c.execute("DELETE FROM pg_vision_errors WHERE relation = %s::regclass", (f"{SCHEMA}.mine",))
