@@ -170,7 +170,9 @@ BEGIN
     IF err_state[j] IS NOT NULL AND NOT @extschema@.pg_vision_permanent_failure(err_state[j]) THEN
       CONTINUE;                         -- retried below, nothing written
     END IF;
-    IF cfg.checksum_column IS NOT NULL AND images[j] IS NOT NULL THEN
+    IF cfg.checksum_column IS NOT NULL THEN
+      -- NULL without an image: every column written comes from here, never from the key
+      -- (a queue row's key may carry other columns than the primary key's).
       changes[j] := changes[j] || jsonb_build_object(cfg.checksum_column, @extschema@.image_checksum(images[j]));
     END IF;
     BEGIN
@@ -207,7 +209,7 @@ BEGIN
       retried := retried + 1;
       UPDATE @extschema@.pg_vision_queue
          SET attempts = attempts + 1,
-             next_try = now() + least(make_interval(secs => 2 ^ (attempts + 1)), interval '1 hour'),
+             next_try = now() + least(make_interval(secs => 2 ^ least(greatest(attempts, 0) + 1, 12)), interval '1 hour'),
              last_error = err_state[j] || ': ' || err_msg[j]
        WHERE id = ANY (ids) AND row_key = found_keys[j];
     END IF;

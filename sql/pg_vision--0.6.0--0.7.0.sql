@@ -12,7 +12,8 @@ STRICT VOLATILE PARALLEL UNSAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'pg_vision_fetch_image_wrapper';
 
--- Changed: the batch passes that secret on.
+-- Changed: the batch passes that secret on; without an image the checksum column is written
+-- NULL (never a value from the queue row's key); the retry backoff cannot overflow.
 DROP FUNCTION pg_vision_index_batch(regclass, int, int);
 -- One batch of one table's queue, run by a worker as the table's owner. Returns what it
 -- did: claimed queue rows, rows embedded, rows failed for good (in pg_vision_errors), rows
@@ -132,7 +133,9 @@ BEGIN
     IF err_state[j] IS NOT NULL AND NOT @extschema@.pg_vision_permanent_failure(err_state[j]) THEN
       CONTINUE;                         -- retried below, nothing written
     END IF;
-    IF cfg.checksum_column IS NOT NULL AND images[j] IS NOT NULL THEN
+    IF cfg.checksum_column IS NOT NULL THEN
+      -- NULL without an image: every column written comes from here, never from the key
+      -- (a queue row's key may carry other columns than the primary key's).
       changes[j] := changes[j] || jsonb_build_object(cfg.checksum_column, @extschema@.image_checksum(images[j]));
     END IF;
     BEGIN
@@ -169,7 +172,7 @@ BEGIN
       retried := retried + 1;
       UPDATE @extschema@.pg_vision_queue
          SET attempts = attempts + 1,
-             next_try = now() + least(make_interval(secs => 2 ^ (attempts + 1)), interval '1 hour'),
+             next_try = now() + least(make_interval(secs => 2 ^ least(greatest(attempts, 0) + 1, 12)), interval '1 hour'),
              last_error = err_state[j] || ': ' || err_msg[j]
        WHERE id = ANY (ids) AND row_key = found_keys[j];
     END IF;

@@ -331,3 +331,18 @@ def test_queue_and_error_ids_cannot_be_taken_ahead_of_the_sequence(checked, host
         with photos.connect() as c:
             c.execute("DELETE FROM pg_vision_queue WHERE relation = %s::regclass", (f"{SCHEMA}.mine",))
             c.execute("DELETE FROM pg_vision_errors WHERE relation = %s::regclass", (f"{SCHEMA}.mine",))
+
+
+def test_a_forged_key_never_writes_the_checksum(checked, hostile, hostile_role, victim, server):
+    """A queue row's key may carry more than the primary key. A role that may only INSERT
+    into a table could queue a key with a checksum of its choosing for an existing row:
+    when the row's URL failed for good, the batch wrote the checksum from the key."""
+    async_table(victim, "catalogue", image_type="text", checksum=True)
+    victim.execute(f"GRANT INSERT ON catalogue TO {hostile_role}")
+    victim.execute("INSERT INTO catalogue (id, image) VALUES (1, %s)", (server.url("/gone.jpg"),))
+    assert indexed(victim, "catalogue")
+    hostile.execute("""INSERT INTO pg_vision_queue (relation, trigger_name, row_key)
+                       VALUES ('victim_async.catalogue', 'embed', '{"id": 1, "checksum": "forged by the hostile role"}')""")
+    assert indexed(victim, "catalogue")
+    assert server.hits["/gone.jpg"] == 2
+    assert victim.execute("SELECT checksum FROM catalogue WHERE id = 1").fetchone()[0] is None
