@@ -17,6 +17,11 @@
 //!   other tables. The worker's own statements run with search_path pinned to pg_catalog.
 //! - Only the batch function may fetch image URLs (`pg_vision_fetch_image` wants the
 //!   batch's secret), not the owner's code that runs inside the batch.
+//! - A batch gets `pg_vision.indexer_batch_timeout`: then it is cancelled (as by
+//!   statement_timeout, and postponed). Owner code that swallows the cancel is stopped at
+//!   twice the timeout by ending the worker (FATAL, restarted 5 s later), and its table is
+//!   passed over by every worker for an hour (`PENALTY`): a table's code never holds a
+//!   worker for ever.
 //! - Workers count in the memory budget like any backend (they load models the same way).
 //! - What they do is in shared memory: `pg_vision_indexer_workers()` (each worker's state)
 //!   and `pg_vision_indexer_batches()` (recent batches, for rates).
@@ -28,7 +33,7 @@ use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTi
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock, PgTryBuilder};
 
-use crate::guc;
+use crate::{guc, idle};
 
 /// The workers' `backend_type` in pg_stat_activity.
 const WORKER_TYPE: &str = "pg_vision indexer";
@@ -36,6 +41,10 @@ const WORKER_TYPE: &str = "pg_vision indexer";
 const SLOTS: usize = 64;
 /// Recent batches kept for rates (`pg_vision_indexing.rows_per_s`).
 const BATCHES: usize = 512;
+/// Tables passed over after their batch had to be stopped by ending the worker.
+const PENALTIES: usize = 64;
+/// How long such a table is passed over, in microseconds (an hour).
+const PENALTY: i64 = 3_600_000_000;
 
 #[derive(Copy, Clone, PartialEq, Eq)]
 #[repr(u8)]
@@ -91,11 +100,21 @@ struct Batch {
     ended: i64,
 }
 
+/// A table whose batch ran past twice `pg_vision.indexer_batch_timeout` and was stopped by
+/// ending the worker: no worker takes it before `until`.
+#[derive(Copy, Clone)]
+struct Penalty {
+    database: u32,
+    relation: u32,
+    until: i64,
+}
+
 #[derive(Copy, Clone)]
 pub struct State {
     workers: [Worker; SLOTS],
     batches: [Batch; BATCHES],
     next_batch: usize,
+    penalties: [Penalty; PENALTIES],
 }
 
 // SAFETY: plain old data (integers and an address that is the same in every process).
@@ -126,6 +145,7 @@ impl State {
             ended: 0,
         }; BATCHES],
         next_batch: 0,
+        penalties: [Penalty { database: 0, relation: 0, until: 0 }; PENALTIES],
     };
 }
 
@@ -277,6 +297,48 @@ extern "C-unwind" {
     fn die(signal: std::ffi::c_int);
 }
 
+/// The worker's own timeout that ends it when a batch outlives its cancel (0: none yet).
+static HARD_TIMEOUT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+/// Set when that timeout fired: the worker is ending because of its batch's table.
+static HARD_STOPPED: AtomicBool = AtomicBool::new(false);
+
+/// The hard stop, in the signal handler: the worker ends at its next interrupt check, as
+/// `die()` (SIGTERM) makes it; the owner's code cannot catch a FATAL.
+unsafe extern "C" fn hard_stop() {
+    HARD_STOPPED.store(true, Ordering::Relaxed);
+    // SAFETY: the flags PostgreSQL's own die() sets, and a latch set from a signal handler.
+    unsafe {
+        pg_sys::ProcDiePending = 1;
+        pg_sys::InterruptPending = 1;
+        pg_sys::SetLatch(pg_sys::MyLatch);
+    }
+}
+
+/// Arms the batch's timeouts: its cancel at `pg_vision.indexer_batch_timeout`, the hard stop
+/// at twice that.
+fn arm_batch_timeouts() {
+    let ms = guc::indexer_batch_timeout_ms();
+    let hard = HARD_TIMEOUT.load(Ordering::Relaxed);
+    if ms > 0 && hard != 0 {
+        // SAFETY: timeouts registered for this process (STATEMENT_TIMEOUT by InitPostgres).
+        unsafe {
+            idle::enable_timeout_after(idle::STATEMENT_TIMEOUT, ms);
+            idle::enable_timeout_after(hard, ms.saturating_mul(2));
+        }
+    }
+}
+
+fn disarm_batch_timeouts() {
+    let hard = HARD_TIMEOUT.load(Ordering::Relaxed);
+    if hard != 0 {
+        // SAFETY: as above; disabling a timeout that is not active does nothing.
+        unsafe {
+            idle::disable_timeout(idle::STATEMENT_TIMEOUT, false);
+            idle::disable_timeout(hard, false);
+        }
+    }
+}
+
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn pg_vision_indexer_main(_arg: pg_sys::Datum) {
@@ -292,8 +354,11 @@ pub extern "C-unwind" fn pg_vision_indexer_main(_arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     let slot = claim_slot();
     // SAFETY: frees the slot when the worker exits, however it exits but a crash (which
-    // reinitialises shared memory).
-    unsafe { pg_sys::before_shmem_exit(Some(free_slot), pg_sys::Datum::from(slot)) };
+    // reinitialises shared memory); registers the batches' hard stop.
+    unsafe {
+        pg_sys::before_shmem_exit(Some(free_slot), pg_sys::Datum::from(slot));
+        HARD_TIMEOUT.store(idle::RegisterTimeout(idle::USER_TIMEOUT, hard_stop), Ordering::Relaxed);
+    }
     log!("pg_vision indexer started for database \"{database}\"");
     loop {
         drain(slot);
@@ -346,6 +411,19 @@ unsafe extern "C-unwind" fn free_slot(_code: i32, arg: pg_sys::Datum) {
     let slot = arg.value();
     let mut state = SHARED.exclusive();
     if slot < SLOTS {
+        let w = state.workers[slot];
+        if HARD_STOPPED.load(Ordering::Relaxed) && w.relation != 0 {
+            // The oldest entry (or a free one) makes room.
+            let until = now() + PENALTY;
+            let i = (0..PENALTIES).min_by_key(|&i| state.penalties[i].until).unwrap_or(0);
+            state.penalties[i] = Penalty { database: w.database, relation: w.relation, until };
+            drop(state);
+            warning!(
+                "pg_vision indexer: the batch of table {} ran past twice pg_vision.indexer_batch_timeout, cancel ignored: the worker ends, and the table is passed over for an hour",
+                w.relation
+            );
+            state = SHARED.exclusive();
+        }
         state.workers[slot].pid = 0;
         state.workers[slot].latch = 0;
     }
@@ -462,6 +540,7 @@ fn in_transaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R
         Ok(r)
     })
     .catch_others(|e| {
+        disarm_batch_timeouts();
         FETCH_TOKEN.with(|t| t.set(0));
         let failure = match &e {
             pg_sys::panic::CaughtError::PostgresError(r)
@@ -493,6 +572,20 @@ fn extension_schema() -> Option<String> {
                           || '.pg_vision_index_batch(pg_catalog.regclass, integer, integer, bigint)') IS NOT NULL)",
     )
     .unwrap_or(None)
+}
+
+/// The tables of this database no worker takes now (`Penalty`).
+fn penalized() -> Vec<pg_sys::Oid> {
+    // SAFETY: reads this backend's database id.
+    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let at = now();
+    let state = SHARED.share();
+    state
+        .penalties
+        .iter()
+        .filter(|p| p.database == database && p.relation != 0 && p.until > at)
+        .map(|p| pg_sys::Oid::from(p.relation))
+        .collect()
 }
 
 /// After a batch of `relation` failed as a whole: its due rows are tried again later, 2, 4,
@@ -539,6 +632,8 @@ fn one_batch(slot: usize, skipped: &[pg_sys::Oid]) -> Option<Done> {
         set_activity(slot, Activity::NoExtension, None);
         return None;
     };
+    let mut skipped = skipped.to_vec();
+    skipped.extend(penalized());
     // The oldest due row names the table; other workers skip the rows this one locks.
     let relation: Option<pg_sys::Oid> = Spi::get_one_with_args(
         &format!(
@@ -546,7 +641,7 @@ fn one_batch(slot: usize, skipped: &[pg_sys::Oid]) -> Option<Done> {
                       WHERE q.next_try <= pg_catalog.now() AND q.relation::pg_catalog.oid <> ALL ($1)
                       ORDER BY q.id LIMIT 1 FOR UPDATE OF q SKIP LOCKED)"
         ),
-        &[skipped.to_vec().into()],
+        &[skipped.into()],
     )
     .unwrap_or(None);
     let Some(relation) = relation else {
@@ -583,6 +678,7 @@ fn one_batch(slot: usize, skipped: &[pg_sys::Oid]) -> Option<Done> {
     };
     let token = new_fetch_token();
     FETCH_TOKEN.with(|t| t.set(token));
+    arm_batch_timeouts();
     let counts: Vec<i32> = as_owner(owner, || {
         Spi::get_one_with_args::<Vec<i32>>(
             &format!(
@@ -594,6 +690,7 @@ fn one_batch(slot: usize, skipped: &[pg_sys::Oid]) -> Option<Done> {
         .unwrap_or_else(|e| error!("pg_vision indexer: {e}"))
         .unwrap_or_default()
     });
+    disarm_batch_timeouts();
     FETCH_TOKEN.with(|t| t.set(0));
     let count = |i: usize| counts.get(i).copied().unwrap_or(0);
     let (claimed, embedded, failed, retried) = (count(0), count(1), count(2), count(3));

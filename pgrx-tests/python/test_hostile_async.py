@@ -201,6 +201,54 @@ def test_poisoned_and_locked_tables_never_stall_the_other_tables(checked, hostil
             c.execute("DELETE FROM pg_vision_queue WHERE relation::oid = ANY (%s)", (hostile_oids,))
 
 
+def test_owner_code_that_never_returns_cannot_hold_the_workers(checked, hostile, victim, jpeg, system_settings):
+    """The owner's trigger runs inside the batch: one that sleeps for ever, or that catches the
+    cancel and sleeps again, held its worker for ever (a background worker has no
+    statement_timeout), and as many such tables as workers stopped indexing for every role."""
+    system_settings.set("pg_vision.indexer_batch_timeout", "1000")
+    hostile.execute("""CREATE FUNCTION sleeps() RETURNS trigger LANGUAGE plpgsql AS $$
+                       BEGIN PERFORM pg_sleep(3600); RETURN NEW; END $$""")
+    hostile.execute("""CREATE FUNCTION sleeps_through_cancels() RETURNS trigger LANGUAGE plpgsql AS $$
+                       BEGIN
+                         LOOP
+                           BEGIN
+                             PERFORM pg_sleep(3600);
+                           EXCEPTION WHEN query_canceled THEN NULL;
+                           END;
+                         END LOOP;
+                       END $$""")
+    tables = {f"asleep_{i}": "sleeps" for i in range(WORKERS)} | {f"stubborn_{i}": "sleeps_through_cancels" for i in range(WORKERS)}
+    oids = []
+    try:
+        for t, f in tables.items():
+            async_table(hostile, t)
+            hostile.execute(f"CREATE TRIGGER hold BEFORE UPDATE OF emb ON {t} FOR EACH ROW EXECUTE FUNCTION {f}()")
+            oids.append(hostile.execute("SELECT %s::regclass::oid", (t,)).fetchone()[0])
+            hostile.execute(f"INSERT INTO {t} (id, image) VALUES (1, %s)", (jpeg,))
+        time.sleep(0.5)   # the workers take the hostile tables first
+        async_table(victim, "patient")
+        victim.execute("INSERT INTO patient (id, image) SELECT g, %s FROM generate_series(1, 3) g", (jpeg,))
+        assert indexed(victim, "patient", "30 s"), "the hostile tables held the workers"
+        with photos.connect() as c:
+            # The polite ones were cancelled and postponed, saying why.
+            rows = c.execute("SELECT last_error FROM pg_vision_queue WHERE relation = ANY (%s::regclass[])",
+                             ([f"{SCHEMA}.{t}" for t, f in tables.items() if f == "sleeps"],)).fetchall()
+            assert rows and all("statement timeout" in e for (e,) in rows), rows
+            wait_for("the workers back", lambda: c.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_vision indexer'").fetchone()[0] == WORKERS, timeout=30)
+    finally:
+        with photos.connect() as c:
+            # Workers still held (without the timeout) would keep the queue rows and the
+            # tables locked: ended first (they restart 5 s later).
+            held = [p for (p,) in c.execute("""SELECT pid FROM pg_stat_activity
+                                                WHERE backend_type = 'pg_vision indexer' AND wait_event = 'PgSleep'""")]
+            for pid in held:
+                c.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+            c.execute("DELETE FROM pg_vision_queue WHERE relation::oid = ANY (%s)", (oids,))
+            for t in tables:
+                c.execute(f"DROP TABLE IF EXISTS {SCHEMA}.{t}")
+
+
 class Server:
     """A local HTTP server: an image, a 404, and a file that is not for the database's users."""
 
