@@ -743,8 +743,47 @@ fn pg_vision_trigger_args(rel: pg_sys::Oid, trigger: &str) -> Option<Vec<String>
     Some(parts)
 }
 
-/// Each background worker: its state, the table it works on (or last worked on), and what
-/// it has done since it started.
+/// Which tables' indexing the current role may see in the workers' listings: those it owns
+/// or may write (directly or through a partitioned parent), as `pg_vision_indexing` and the
+/// queue's row-level security show them; every table for `pg_read_all_stats` members.
+struct Visible {
+    all: bool,
+    seen: std::collections::HashMap<u32, bool>,
+}
+
+impl Visible {
+    fn new() -> Visible {
+        let all = Spi::get_one::<bool>("SELECT pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')")
+            .ok()
+            .flatten()
+            .unwrap_or(false);
+        Visible { all, seen: std::collections::HashMap::new() }
+    }
+
+    fn relation(&mut self, relation: u32) -> bool {
+        if relation == 0 {
+            return false;
+        }
+        if self.all {
+            return true;
+        }
+        *self.seen.entry(relation).or_insert_with(|| {
+            Spi::get_one_with_args::<bool>(
+                "SELECT coalesce((SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c WHERE c.oid = $1), false)
+                     OR coalesce(pg_catalog.has_table_privilege($1, 'INSERT, UPDATE'), false)
+                     OR coalesce((SELECT pg_catalog.bool_or(pg_catalog.has_table_privilege(a.relid, 'INSERT, UPDATE'))
+                                    FROM pg_catalog.pg_partition_ancestors($1::pg_catalog.regclass) a), false)",
+                &[pg_sys::Oid::from(relation).into()],
+            )
+            .ok()
+            .flatten()
+            .unwrap_or(false)
+        })
+    }
+}
+
+/// Each background worker: its state, the table it works on (or last worked on; NULL for a
+/// table the caller may not see, see `Visible`), and what it has done since it started.
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn pg_vision_indexer_workers() -> TableIterator<
@@ -765,6 +804,7 @@ fn pg_vision_indexer_workers() -> TableIterator<
     } else {
         Vec::new()
     };
+    let mut visible = Visible::new();
     let rows: Vec<_> = workers
         .into_iter()
         .map(|w| {
@@ -777,7 +817,7 @@ fn pg_vision_indexer_workers() -> TableIterator<
                     std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
                 }
             };
-            let relation = (w.relation != 0).then(|| pg_sys::Oid::from(w.relation));
+            let relation = visible.relation(w.relation).then(|| pg_sys::Oid::from(w.relation));
             (
                 w.pid,
                 database,
@@ -793,8 +833,8 @@ fn pg_vision_indexer_workers() -> TableIterator<
     TableIterator::new(rows)
 }
 
-/// The workers' recent batches (the last 512, this database's), newest first: for
-/// `pg_vision_indexing`'s rates.
+/// The workers' recent batches (the last 512, this database's, of the tables the caller may
+/// see, see `Visible`), newest first: for `pg_vision_indexing`'s rates.
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn pg_vision_indexer_batches() -> TableIterator<
@@ -823,6 +863,8 @@ fn pg_vision_indexer_batches() -> TableIterator<
     } else {
         Vec::new()
     };
+    let mut visible = Visible::new();
+    batches.retain(|b| visible.relation(b.relation));
     batches.sort_by_key(|b| std::cmp::Reverse(b.ended));
     TableIterator::new(batches.into_iter().map(|b| {
         (

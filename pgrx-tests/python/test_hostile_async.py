@@ -249,6 +249,23 @@ def test_owner_code_that_never_returns_cannot_hold_the_workers(checked, hostile,
                 c.execute(f"DROP TABLE IF EXISTS {SCHEMA}.{t}")
 
 
+def test_the_workers_listings_show_only_tables_the_role_may_see(checked, hostile, victim, jpeg):
+    """pg_vision_indexer_batches() and pg_vision_indexer_workers() read shared memory: they
+    showed every role which tables the workers indexed, when, and how many rows, though the
+    queue and pg_vision_indexing (row-level security) show a role only its own tables."""
+    async_table(victim, "private")
+    victim.execute("INSERT INTO private (id, image) SELECT g, %s FROM generate_series(1, 2) g", (jpeg,))
+    assert indexed(victim, "private")
+    oid = victim.execute("SELECT 'private'::regclass::oid").fetchone()[0]
+    assert victim.execute("SELECT count(*) FROM pg_vision_indexer_batches() WHERE relation = %s", (oid,)).fetchone()[0] >= 1
+    assert hostile.execute("SELECT count(*) FROM pg_vision_indexer_batches() WHERE relation = %s", (oid,)).fetchone()[0] == 0
+    assert hostile.execute("SELECT count(*) FROM pg_vision_indexer_workers() WHERE relation = %s", (oid,)).fetchone()[0] == 0
+    assert hostile.execute("SELECT count(*) FROM pg_vision_indexer_workers()").fetchone()[0] == WORKERS
+    assert hostile.execute("SELECT count(*) FROM pg_vision_indexing WHERE relation = %s::oid::regclass", (oid,)).fetchone()[0] == 0
+    with photos.connect() as c:
+        assert c.execute("SELECT count(*) FROM pg_vision_indexer_batches() WHERE relation = %s", (oid,)).fetchone()[0] >= 1
+
+
 class Server:
     """A local HTTP server: an image, a 404, and a file that is not for the database's users."""
 
