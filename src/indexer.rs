@@ -501,7 +501,11 @@ fn drain(slot: usize) {
                 skipped.push(relation);
                 let error = format!("{}: the batch failed: {}", failure.sqlstate, failure.message);
                 if let Err(e) = in_transaction(|| postpone(relation, &error)) {
-                    warning!("pg_vision indexer: cannot postpone the queued rows of table {relation:?}: {}", e.message);
+                    warning!(
+                        "pg_vision indexer: cannot postpone the queued rows of table {}: {}",
+                        relation.to_u32(),
+                        e.message
+                    );
                 }
             }
         }
