@@ -189,3 +189,13 @@ REVOKE INSERT, UPDATE ON pg_vision_queue FROM PUBLIC;
 GRANT INSERT (relation, trigger_name, row_key), UPDATE (attempts, next_try, last_error) ON pg_vision_queue TO PUBLIC;
 REVOKE INSERT ON pg_vision_errors FROM PUBLIC;
 GRANT INSERT (relation, row_identity, image_column, model, sqlstate, message) ON pg_vision_errors TO PUBLIC;
+
+-- Changed: column privileges count as writing a table (a role granted UPDATE (image) could
+-- not update an image of an async-indexed table: its queue row was refused).
+CREATE OR REPLACE FUNCTION pg_vision_may_write(rel regclass) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+  SELECT pg_catalog.has_any_column_privilege(rel, 'INSERT, UPDATE')
+      OR coalesce((SELECT pg_catalog.bool_or(pg_catalog.has_any_column_privilege(a.relid, 'INSERT, UPDATE'))
+                     FROM pg_catalog.pg_partition_ancestors(rel) a), false);
+END;

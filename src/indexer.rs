@@ -774,8 +774,8 @@ impl Visible {
         *self.seen.entry(relation).or_insert_with(|| {
             Spi::get_one_with_args::<bool>(
                 "SELECT coalesce((SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c WHERE c.oid = $1), false)
-                     OR coalesce(pg_catalog.has_table_privilege($1, 'INSERT, UPDATE'), false)
-                     OR coalesce((SELECT pg_catalog.bool_or(pg_catalog.has_table_privilege(a.relid, 'INSERT, UPDATE'))
+                     OR coalesce(pg_catalog.has_any_column_privilege($1, 'INSERT, UPDATE'), false)
+                     OR coalesce((SELECT pg_catalog.bool_or(pg_catalog.has_any_column_privilege(a.relid, 'INSERT, UPDATE'))
                                     FROM pg_catalog.pg_partition_ancestors($1::pg_catalog.regclass) a), false)",
                 &[pg_sys::Oid::from(relation).into()],
             )

@@ -266,6 +266,18 @@ def test_the_workers_listings_show_only_tables_the_role_may_see(checked, hostile
         assert c.execute("SELECT count(*) FROM pg_vision_indexer_batches() WHERE relation = %s", (oid,)).fetchone()[0] >= 1
 
 
+def test_a_column_privilege_on_the_image_is_enough_to_change_it(checked, hostile, hostile_role, victim, jpeg):
+    """Not an attack: a role granted UPDATE (image) could not update an image of an
+    async-indexed table (its queue row failed the queue's row-level security, which asked
+    for UPDATE on the whole table)."""
+    async_table(victim, "column_grant")
+    victim.execute("INSERT INTO column_grant (id, image) VALUES (1, '\\x00')")
+    victim.execute(f"GRANT SELECT (id), UPDATE (image) ON column_grant TO {hostile_role}")
+    hostile.execute("UPDATE victim_async.column_grant SET image = %s WHERE id = 1", (jpeg,))
+    assert indexed(victim, "column_grant")
+    assert victim.execute("SELECT emb IS NOT NULL FROM column_grant").fetchone()[0]
+
+
 class Server:
     """A local HTTP server: an image, a 404, and a file that is not for the database's users."""
 
