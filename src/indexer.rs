@@ -734,12 +734,16 @@ fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
 /// workers read the trigger's configuration with it).
 #[pg_extern(stable, strict, parallel_safe)]
 fn pg_vision_trigger_args(rel: pg_sys::Oid, trigger: &str) -> Option<Vec<String>> {
-    let args: Option<Vec<u8>> = Spi::get_one_with_args(
-        "SELECT tgargs FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2",
-        &[rel.into(), trigger.into()],
-    )
-    .ok()
-    .flatten();
+    // Read-only SPI (see `ask`): callable on a hot standby and in a parallel worker.
+    let args: Option<Vec<u8>> = Spi::connect(|c| {
+        c.select(
+            "SELECT tgargs FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2",
+            Some(1),
+            &[rel.into(), trigger.into()],
+        )
+        .ok()
+        .and_then(|t| t.first().get_one::<Vec<u8>>().ok().flatten())
+    });
     // tgargs: each argument followed by a NUL byte.
     let args = args?;
     let mut parts: Vec<String> = args.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
@@ -755,12 +759,17 @@ struct Visible {
     seen: std::collections::HashMap<u32, bool>,
 }
 
+/// A read-only query's one boolean (false for none). Read-only SPI: `Spi::get_one` marks
+/// the transaction as writing, which assigns a transaction id, and that fails on a hot
+/// standby and in a parallel worker.
+fn ask(query: &str, args: &[pgrx::datum::DatumWithOid]) -> bool {
+    Spi::connect(|c| c.select(query, Some(1), args).ok().and_then(|t| t.first().get_one::<bool>().ok().flatten()))
+        .unwrap_or(false)
+}
+
 impl Visible {
     fn new() -> Visible {
-        let all = Spi::get_one::<bool>("SELECT pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')")
-            .ok()
-            .flatten()
-            .unwrap_or(false);
+        let all = ask("SELECT pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')", &[]);
         Visible { all, seen: std::collections::HashMap::new() }
     }
 
@@ -772,16 +781,13 @@ impl Visible {
             return true;
         }
         *self.seen.entry(relation).or_insert_with(|| {
-            Spi::get_one_with_args::<bool>(
+            ask(
                 "SELECT coalesce((SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c WHERE c.oid = $1), false)
                      OR coalesce(pg_catalog.has_any_column_privilege($1, 'INSERT, UPDATE'), false)
                      OR coalesce((SELECT pg_catalog.bool_or(pg_catalog.has_any_column_privilege(a.relid, 'INSERT, UPDATE'))
                                     FROM pg_catalog.pg_partition_ancestors($1::pg_catalog.regclass) a), false)",
                 &[pg_sys::Oid::from(relation).into()],
             )
-            .ok()
-            .flatten()
-            .unwrap_or(false)
         })
     }
 }
