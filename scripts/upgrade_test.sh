@@ -20,7 +20,7 @@ current="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
 
 # Every extension member with its definition: functions in full, views as queries,
 # tables as their columns, plus the tables whose data pg_dump keeps, every member's
-# privileges, and the row-level security policies on its tables.
+# privileges (and its columns'), and the row-level security policies on its tables.
 MEMBERS="
 SELECT pg_describe_object(d.classid, d.objid, 0) AS object,
        CASE WHEN d.classid = 'pg_proc'::regclass THEN pg_get_functiondef(d.objid)
@@ -39,6 +39,11 @@ SELECT 'privileges on ' || pg_describe_object(d.classid, d.objid, 0),
                 (SELECT relacl::text FROM pg_class WHERE d.classid = 'pg_class'::regclass AND oid = d.objid), '')
   FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
  WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e' AND e.extname = 'pg_vision'
+UNION ALL
+SELECT 'column privileges on ' || a.attrelid::regclass || '.' || a.attname, a.attacl::text
+  FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid JOIN pg_attribute a ON a.attrelid = d.objid
+ WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e' AND e.extname = 'pg_vision'
+   AND d.classid = 'pg_class'::regclass AND a.attnum > 0 AND a.attacl IS NOT NULL
 UNION ALL
 SELECT 'policy ' || p.polname || ' on ' || p.polrelid::regclass || ' (row security ' || c.relrowsecurity || ')',
        p.polcmd::text || ' ' || p.polroles::text || ' ' || coalesce(pg_get_expr(p.polqual, p.polrelid), '') || ' ' ||

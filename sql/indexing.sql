@@ -39,7 +39,11 @@ CREATE POLICY owner_updates ON pg_vision_queue FOR UPDATE
   USING (@extschema@.pg_vision_owns(relation));
 CREATE POLICY owner_deletes ON pg_vision_queue FOR DELETE
   USING (@extschema@.pg_vision_owns(relation));
-GRANT SELECT, INSERT, UPDATE, DELETE ON pg_vision_queue TO PUBLIC;
+-- Only the columns that name a row may be given on INSERT, and only the retry state
+-- changed: an id chosen by the inserter (ahead of the sequence) would make every other
+-- role's next queued row fail on the primary key.
+GRANT SELECT, DELETE ON pg_vision_queue TO PUBLIC;
+GRANT INSERT (relation, trigger_name, row_key), UPDATE (attempts, next_try, last_error) ON pg_vision_queue TO PUBLIC;
 GRANT USAGE ON SEQUENCE pg_vision_queue_id_seq TO PUBLIC;
 
 -- Whether a failure may go away by itself (retried with backoff) or will not (recorded at
@@ -51,7 +55,9 @@ RETURN left(sqlstate, 2) IN ('22', '0A', '54');
 -- One batch of one table's queue, run by a worker as the table's owner. Returns what it
 -- did: claimed queue rows, rows embedded, rows failed for good (in pg_vision_errors), rows
 -- put back to retry later. Rows of other workers' batches are skipped, never waited for.
-CREATE FUNCTION pg_vision_index_batch(rel regclass, batch_size int, max_attempts int,
+-- fetch_token: the worker's secret for this batch, which pg_vision_fetch_image wants (the
+-- owner's code that runs inside the batch does not have it); without it no URL is fetched.
+CREATE FUNCTION pg_vision_index_batch(rel regclass, batch_size int, max_attempts int, fetch_token bigint DEFAULT 0,
     OUT claimed int, OUT embedded int, OUT failed int, OUT retried int)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '1s' AS $$
 DECLARE
@@ -121,7 +127,7 @@ BEGIN
     -- Only background workers may fetch (pg_vision_fetch_image refuses anyone else).
     FOR j IN 1 .. n LOOP
       BEGIN
-        images[j] := @extschema@.pg_vision_fetch_image(urls[j]);
+        images[j] := @extschema@.pg_vision_fetch_image(urls[j], fetch_token);
       EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
         images[j] := NULL; err_state[j] := st; err_msg[j] := msg;
@@ -164,7 +170,9 @@ BEGIN
     IF err_state[j] IS NOT NULL AND NOT @extschema@.pg_vision_permanent_failure(err_state[j]) THEN
       CONTINUE;                         -- retried below, nothing written
     END IF;
-    IF cfg.checksum_column IS NOT NULL AND images[j] IS NOT NULL THEN
+    IF cfg.checksum_column IS NOT NULL THEN
+      -- NULL without an image: every column written comes from here, never from the key
+      -- (a queue row's key may carry other columns than the primary key's).
       changes[j] := changes[j] || jsonb_build_object(cfg.checksum_column, @extschema@.image_checksum(images[j]));
     END IF;
     BEGIN
@@ -201,7 +209,7 @@ BEGIN
       retried := retried + 1;
       UPDATE @extschema@.pg_vision_queue
          SET attempts = attempts + 1,
-             next_try = now() + least(make_interval(secs => 2 ^ (attempts + 1)), interval '1 hour'),
+             next_try = now() + least(make_interval(secs => 2 ^ least(greatest(attempts, 0) + 1, 12)), interval '1 hour'),
              last_error = err_state[j] || ': ' || err_msg[j]
        WHERE id = ANY (ids) AND row_key = found_keys[j];
     END IF;

@@ -51,14 +51,15 @@ LANGUAGE sql STABLE PARALLEL SAFE
 BEGIN ATOMIC
   SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c WHERE c.oid = rel;
 END;
--- Whether the current role may insert into or update `rel`, directly or through a
+-- Whether the current role may insert into or update `rel` (the table, or some of its
+-- columns: a role granted UPDATE (image) updates images), directly or through a
 -- partitioned table above it (a row inserted through the parent is filed under its
 -- partition, on which the role may hold no privilege of its own).
 CREATE FUNCTION pg_vision_may_write(rel regclass) RETURNS boolean
 LANGUAGE sql STABLE PARALLEL SAFE
 BEGIN ATOMIC
-  SELECT pg_catalog.has_table_privilege(rel, 'INSERT, UPDATE')
-      OR coalesce((SELECT pg_catalog.bool_or(pg_catalog.has_table_privilege(a.relid, 'INSERT, UPDATE'))
+  SELECT pg_catalog.has_any_column_privilege(rel, 'INSERT, UPDATE')
+      OR coalesce((SELECT pg_catalog.bool_or(pg_catalog.has_any_column_privilege(a.relid, 'INSERT, UPDATE'))
                      FROM pg_catalog.pg_partition_ancestors(rel) a), false);
 END;
 ALTER TABLE pg_vision_errors ENABLE ROW LEVEL SECURITY;
@@ -68,7 +69,10 @@ CREATE POLICY owner_deletes ON pg_vision_errors FOR DELETE
   USING (@extschema@.pg_vision_owns(relation));
 CREATE POLICY writer_records ON pg_vision_errors FOR INSERT
   WITH CHECK (@extschema@.pg_vision_may_write(relation) AND at = pg_catalog.now());
-GRANT SELECT, INSERT, DELETE ON pg_vision_errors TO PUBLIC;
+-- INSERT of the columns that describe a failure only: an id chosen by the writer (ahead of
+-- the sequence) would make other roles' next recorded failures, and so their writes, fail.
+GRANT SELECT, DELETE ON pg_vision_errors TO PUBLIC;
+GRANT INSERT (relation, row_identity, image_column, model, sqlstate, message) ON pg_vision_errors TO PUBLIC;
 GRANT USAGE ON SEQUENCE pg_vision_errors_id_seq TO PUBLIC;
 
 -- Identifies a row for messages and pg_vision_errors: its primary key columns as a JSON

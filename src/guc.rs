@@ -40,6 +40,7 @@ pub static INDEXER_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
 pub static INDEXER_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(32);
 pub static INDEXER_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
 pub static INDEXER_NAPTIME: GucSetting<i32> = GucSetting::<i32>::new(1000);
+pub static INDEXER_BATCH_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(300_000);
 /// Defined with a check hook (`check_url_allowlist`), which pgrx's registry cannot add: so
 /// the value is a plain `char *` that PostgreSQL's GUC code owns.
 static URL_ALLOWLIST: RawString = RawString(UnsafeCell::new(std::ptr::null_mut()));
@@ -249,6 +250,16 @@ pub fn register() {
         GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
+    GucRegistry::define_int_guc(
+        c"pg_vision.indexer_batch_timeout",
+        c"Time a background worker's batch may take before it is cancelled and its rows postponed (0: no limit).",
+        c"Table owners' code runs inside the batch; if it ignores the cancel, the worker ends at twice this time and the table is passed over for an hour.",
+        &INDEXER_BATCH_TIMEOUT,
+        0,
+        86_400_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
     // SAFETY: the name, descriptions and storage are 'static; the hook never unwinds.
     unsafe {
         pg_sys::DefineCustomStringVariable(
@@ -371,6 +382,10 @@ pub fn indexer_max_attempts() -> i32 {
 
 pub fn indexer_naptime_ms() -> i64 {
     INDEXER_NAPTIME.get().into()
+}
+
+pub fn indexer_batch_timeout_ms() -> i32 {
+    INDEXER_BATCH_TIMEOUT.get()
 }
 
 pub fn url_allowlist() -> String {

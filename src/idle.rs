@@ -19,16 +19,19 @@ use pgrx::prelude::*;
 
 use crate::{budget, cache, guc, memo};
 
-// utils/timeout.h, which pgrx does not bind. USER_TIMEOUT is the first id extensions may
-// register: it moved when PostgreSQL 17 added TRANSACTION_TIMEOUT.
+// utils/timeout.h, which pgrx does not bind (the indexer's batch timeouts use it too).
+// USER_TIMEOUT is the first id extensions may register: it moved when PostgreSQL 17 added
+// TRANSACTION_TIMEOUT. STATEMENT_TIMEOUT has not moved.
 #[cfg(feature = "pg16")]
-const USER_TIMEOUT: c_int = 12;
+pub(crate) const USER_TIMEOUT: c_int = 12;
 #[cfg(any(feature = "pg17", feature = "pg18"))]
-const USER_TIMEOUT: c_int = 13;
+pub(crate) const USER_TIMEOUT: c_int = 13;
+pub(crate) const STATEMENT_TIMEOUT: c_int = 3;
 
 extern "C-unwind" {
-    fn RegisterTimeout(id: c_int, handler: unsafe extern "C" fn()) -> c_int;
-    fn enable_timeout_after(id: c_int, delay_ms: c_int);
+    pub(crate) fn RegisterTimeout(id: c_int, handler: unsafe extern "C" fn()) -> c_int;
+    pub(crate) fn enable_timeout_after(id: c_int, delay_ms: c_int);
+    pub(crate) fn disable_timeout(id: c_int, keep_indicator: bool);
 }
 
 /// Set by the timer (signal context), read at the end of a transaction.

@@ -13,7 +13,15 @@
 //!   context (PostgreSQL's `SECURITY_RESTRICTED_OPERATION`, as autovacuum runs index
 //!   expressions): the table's triggers, policies and functions run with the owner's
 //!   rights and cannot SET ROLE back. A batch is one transaction; any error aborts it and
-//!   leaves the queue rows for the next try.
+//!   leaves the queue rows for a later try, with backoff, while the worker goes on with the
+//!   other tables. The worker's own statements run with search_path pinned to pg_catalog.
+//! - Only the batch function may fetch image URLs (`pg_vision_fetch_image` wants the
+//!   batch's secret), not the owner's code that runs inside the batch.
+//! - A batch gets `pg_vision.indexer_batch_timeout`: then it is cancelled (as by
+//!   statement_timeout, and postponed). Owner code that swallows the cancel is stopped at
+//!   twice the timeout by ending the worker (FATAL, restarted 5 s later), and its table is
+//!   passed over by every worker for an hour (`PENALTY`): a table's code never holds a
+//!   worker for ever.
 //! - Workers count in the memory budget like any backend (they load models the same way).
 //! - What they do is in shared memory: `pg_vision_indexer_workers()` (each worker's state)
 //!   and `pg_vision_indexer_batches()` (recent batches, for rates).
@@ -25,7 +33,7 @@ use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTi
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock, PgTryBuilder};
 
-use crate::guc;
+use crate::{guc, idle};
 
 /// The workers' `backend_type` in pg_stat_activity.
 const WORKER_TYPE: &str = "pg_vision indexer";
@@ -33,6 +41,10 @@ const WORKER_TYPE: &str = "pg_vision indexer";
 const SLOTS: usize = 64;
 /// Recent batches kept for rates (`pg_vision_indexing.rows_per_s`).
 const BATCHES: usize = 512;
+/// Tables passed over after their batch had to be stopped by ending the worker.
+const PENALTIES: usize = 64;
+/// How long such a table is passed over, in microseconds (an hour).
+const PENALTY: i64 = 3_600_000_000;
 
 #[derive(Copy, Clone, PartialEq, Eq)]
 #[repr(u8)]
@@ -40,7 +52,8 @@ enum Activity {
     Starting,
     Idle,
     Embedding,
-    /// pg_vision (0.6.0 or later) is not installed in the worker's database.
+    /// pg_vision 0.7.0 or later is not installed in the worker's database (an older
+    /// version needs ALTER EXTENSION pg_vision UPDATE).
     NoExtension,
     /// The last batch failed as a whole (see the server log); retried at the next wake.
     Failing,
@@ -87,11 +100,21 @@ struct Batch {
     ended: i64,
 }
 
+/// A table whose batch ran past twice `pg_vision.indexer_batch_timeout` and was stopped by
+/// ending the worker: no worker takes it before `until`.
+#[derive(Copy, Clone)]
+struct Penalty {
+    database: u32,
+    relation: u32,
+    until: i64,
+}
+
 #[derive(Copy, Clone)]
 pub struct State {
     workers: [Worker; SLOTS],
     batches: [Batch; BATCHES],
     next_batch: usize,
+    penalties: [Penalty; PENALTIES],
 }
 
 // SAFETY: plain old data (integers and an address that is the same in every process).
@@ -122,6 +145,7 @@ impl State {
             ended: 0,
         }; BATCHES],
         next_batch: 0,
+        penalties: [Penalty { database: 0, relation: 0, until: 0 }; PENALTIES],
     };
 }
 
@@ -177,6 +201,11 @@ thread_local! {
     static SERVED: Cell<Option<bool>> = const { Cell::new(None) };
     /// This backend said once that no worker serves its database.
     static WARNED: Cell<bool> = const { Cell::new(false) };
+    /// The secret `pg_vision_index_batch` passes to `pg_vision_fetch_image` while this
+    /// worker runs a batch (0: none).
+    static FETCH_TOKEN: Cell<i64> = const { Cell::new(0) };
+    /// The table of the batch this worker is running (0: none), for `drain` when it fails.
+    static BATCH_RELATION: Cell<u32> = const { Cell::new(0) };
 }
 
 /// Whether pg_vision's workers were started for this backend's database. Asked for every
@@ -268,6 +297,48 @@ extern "C-unwind" {
     fn die(signal: std::ffi::c_int);
 }
 
+/// The worker's own timeout that ends it when a batch outlives its cancel (0: none yet).
+static HARD_TIMEOUT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+/// Set when that timeout fired: the worker is ending because of its batch's table.
+static HARD_STOPPED: AtomicBool = AtomicBool::new(false);
+
+/// The hard stop, in the signal handler: the worker ends at its next interrupt check, as
+/// `die()` (SIGTERM) makes it; the owner's code cannot catch a FATAL.
+unsafe extern "C" fn hard_stop() {
+    HARD_STOPPED.store(true, Ordering::Relaxed);
+    // SAFETY: the flags PostgreSQL's own die() sets, and a latch set from a signal handler.
+    unsafe {
+        pg_sys::ProcDiePending = 1;
+        pg_sys::InterruptPending = 1;
+        pg_sys::SetLatch(pg_sys::MyLatch);
+    }
+}
+
+/// Arms the batch's timeouts: its cancel at `pg_vision.indexer_batch_timeout`, the hard stop
+/// at twice that.
+fn arm_batch_timeouts() {
+    let ms = guc::indexer_batch_timeout_ms();
+    let hard = HARD_TIMEOUT.load(Ordering::Relaxed);
+    if ms > 0 && hard != 0 {
+        // SAFETY: timeouts registered for this process (STATEMENT_TIMEOUT by InitPostgres).
+        unsafe {
+            idle::enable_timeout_after(idle::STATEMENT_TIMEOUT, ms);
+            idle::enable_timeout_after(hard, ms.saturating_mul(2));
+        }
+    }
+}
+
+fn disarm_batch_timeouts() {
+    let hard = HARD_TIMEOUT.load(Ordering::Relaxed);
+    if hard != 0 {
+        // SAFETY: as above; disabling a timeout that is not active does nothing.
+        unsafe {
+            idle::disable_timeout(idle::STATEMENT_TIMEOUT, false);
+            idle::disable_timeout(hard, false);
+        }
+    }
+}
+
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn pg_vision_indexer_main(_arg: pg_sys::Datum) {
@@ -283,8 +354,11 @@ pub extern "C-unwind" fn pg_vision_indexer_main(_arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     let slot = claim_slot();
     // SAFETY: frees the slot when the worker exits, however it exits but a crash (which
-    // reinitialises shared memory).
-    unsafe { pg_sys::before_shmem_exit(Some(free_slot), pg_sys::Datum::from(slot)) };
+    // reinitialises shared memory); registers the batches' hard stop.
+    unsafe {
+        pg_sys::before_shmem_exit(Some(free_slot), pg_sys::Datum::from(slot));
+        HARD_TIMEOUT.store(idle::RegisterTimeout(idle::USER_TIMEOUT, hard_stop), Ordering::Relaxed);
+    }
     log!("pg_vision indexer started for database \"{database}\"");
     loop {
         drain(slot);
@@ -337,6 +411,19 @@ unsafe extern "C-unwind" fn free_slot(_code: i32, arg: pg_sys::Datum) {
     let slot = arg.value();
     let mut state = SHARED.exclusive();
     if slot < SLOTS {
+        let w = state.workers[slot];
+        if HARD_STOPPED.load(Ordering::Relaxed) && w.relation != 0 {
+            // The oldest entry (or a free one) makes room.
+            let until = now() + PENALTY;
+            let i = (0..PENALTIES).min_by_key(|&i| state.penalties[i].until).unwrap_or(0);
+            state.penalties[i] = Penalty { database: w.database, relation: w.relation, until };
+            drop(state);
+            warning!(
+                "pg_vision indexer: the batch of table {} ran past twice pg_vision.indexer_batch_timeout, cancel ignored: the worker ends, and the table is passed over for an hour",
+                w.relation
+            );
+            state = SHARED.exclusive();
+        }
         state.workers[slot].pid = 0;
         state.workers[slot].latch = 0;
     }
@@ -377,23 +464,49 @@ fn record(slot: usize, d: &Done, started: i64) {
     state.next_batch = state.next_batch.wrapping_add(1);
 }
 
-/// Batches until the queue has nothing due.
+/// Batches until the queue has nothing due. A table whose batch cannot run now (its lock is
+/// held elsewhere) or fails as a whole is skipped for the rest of the round, and a failed
+/// one's due rows are put back with the queue's backoff (`postpone`): whatever is wrong
+/// with one tenant's table, the workers go on embedding the others'.
 fn drain(slot: usize) {
+    let mut skipped: Vec<pg_sys::Oid> = Vec::new();
     loop {
         let started = now();
-        match in_transaction(|| one_batch(slot)) {
+        BATCH_RELATION.with(|r| r.set(0));
+        match in_transaction(|| one_batch(slot, &skipped)) {
             Ok(Some(done)) => {
                 record(slot, &done, started);
-                if done.claimed == 0 {
+                if done.relation == 0 {
                     set_activity(slot, Activity::Idle, None);
                     return;
                 }
+                if done.claimed == 0 {
+                    // Locked (a DROP, TRUNCATE or LOCK TABLE in progress) or taken by
+                    // another worker: the other tables first, this one at the next round.
+                    skipped.push(pg_sys::Oid::from(done.relation));
+                }
             }
             Ok(None) => return,
-            Err(message) => {
-                warning!("pg_vision indexer: a batch failed and was rolled back, its rows stay queued: {message}");
+            Err(failure) => {
+                warning!(
+                    "pg_vision indexer: a batch failed and was rolled back, its rows stay queued: {}",
+                    failure.message
+                );
                 set_activity(slot, Activity::Failing, None);
-                return;
+                let relation = BATCH_RELATION.with(|r| r.replace(0));
+                if relation == 0 {
+                    return;
+                }
+                let relation = pg_sys::Oid::from(relation);
+                skipped.push(relation);
+                let error = format!("{}: the batch failed: {}", failure.sqlstate, failure.message);
+                if let Err(e) = in_transaction(|| postpone(relation, &error)) {
+                    warning!(
+                        "pg_vision indexer: cannot postpone the queued rows of table {}: {}",
+                        relation.to_u32(),
+                        e.message
+                    );
+                }
             }
         }
         check_for_interrupts!();
@@ -401,13 +514,25 @@ fn drain(slot: usize) {
     }
 }
 
-/// Runs `f` in a transaction of its own; an error rolls it back and is returned as text.
-fn in_transaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, String> {
-    // SAFETY: starts a transaction with a snapshot, as PostgreSQL's own workers do.
+/// Why a transaction of the worker failed.
+struct Failure {
+    sqlstate: String,
+    message: String,
+}
+
+/// Runs `f` in a transaction of its own; an error rolls it back and is returned. The
+/// worker's own statements (run as the superuser it connected as) see only `pg_catalog`:
+/// no function or operator of a schema another role can create in (a database's
+/// `search_path`, a `public` open to all) is ever called with its rights.
+fn in_transaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, Failure> {
+    // SAFETY: starts a transaction with a snapshot, as PostgreSQL's own workers do; the
+    // search_path set at a new GUC nest level is undone when the transaction ends.
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        pg_sys::NewGUCNestLevel();
+        pg_sys::RestrictSearchPath();
     }
     PgTryBuilder::new(|| {
         let r = f();
@@ -419,42 +544,114 @@ fn in_transaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R
         Ok(r)
     })
     .catch_others(|e| {
-        let message = match &e {
+        disarm_batch_timeouts();
+        FETCH_TOKEN.with(|t| t.set(0));
+        let failure = match &e {
             pg_sys::panic::CaughtError::PostgresError(r)
             | pg_sys::panic::CaughtError::ErrorReport(r)
-            | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.message().to_owned(),
+            | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => Failure {
+                // SAFETY: unpack_sql_state returns a static buffer holding the 5 characters.
+                sqlstate: unsafe { std::ffi::CStr::from_ptr(pg_sys::unpack_sql_state(r.sql_error_code() as i32)) }
+                    .to_string_lossy()
+                    .into_owned(),
+                message: r.message().to_owned(),
+            },
         };
         // SAFETY: the error was caught and flushed; abort undoes the transaction, its
-        // snapshots and the user id set for the batch.
+        // snapshots, the settings and the user id set for the batch.
         unsafe { pg_sys::AbortCurrentTransaction() };
-        Err(message)
+        Err(failure)
     })
     .execute()
 }
 
-/// One batch in the current transaction: `None` when there is nothing to do (or no
-/// extension to do it with).
-fn one_batch(slot: usize) -> Option<Done> {
-    let schema: Option<String> = Spi::get_one(
+/// The extension's schema, quoted, if a version with the current batch function (0.7.0 or
+/// later) is installed in this database.
+fn extension_schema() -> Option<String> {
+    Spi::get_one(
         "SELECT (SELECT pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_extension e
                    JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
                   WHERE e.extname = 'pg_vision'
-                    AND pg_catalog.to_regclass(pg_catalog.quote_ident(n.nspname) || '.pg_vision_queue') IS NOT NULL)",
+                    AND pg_catalog.to_regprocedure(pg_catalog.quote_ident(n.nspname)
+                          || '.pg_vision_index_batch(pg_catalog.regclass, integer, integer, bigint)') IS NOT NULL)",
     )
-    .unwrap_or(None);
-    let Some(schema) = schema else {
+    .unwrap_or(None)
+}
+
+/// The tables of this database no worker takes now (`Penalty`).
+fn penalized() -> Vec<pg_sys::Oid> {
+    // SAFETY: reads this backend's database id.
+    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let at = now();
+    let state = SHARED.share();
+    state
+        .penalties
+        .iter()
+        .filter(|p| p.database == database && p.relation != 0 && p.until > at)
+        .map(|p| pg_sys::Oid::from(p.relation))
+        .collect()
+}
+
+/// After a batch of `relation` failed as a whole: its due rows are tried again later, 2, 4,
+/// 8 ... seconds (at most an hour) as after a row's passing failure, so a table whose
+/// batches keep failing costs a failed batch per backoff, not one per wake. Rows that
+/// another transaction holds are left as they are, never waited for.
+fn postpone(relation: pg_sys::Oid, error: &str) {
+    let Some(schema) = extension_schema() else { return };
+    Spi::run_with_args(
+        &format!(
+            "UPDATE {schema}.pg_vision_queue
+                SET attempts = LEAST(GREATEST(attempts, 0), 1000000) + 1,
+                    next_try = pg_catalog.now() + LEAST(pg_catalog.make_interval(secs => 2 ^ LEAST(GREATEST(attempts, 0) + 1, 12)),
+                                                        interval '1 hour'),
+                    last_error = $2
+              WHERE id IN (SELECT q.id FROM {schema}.pg_vision_queue q
+                            WHERE q.relation::pg_catalog.oid = $1 AND q.next_try <= pg_catalog.now()
+                              FOR UPDATE SKIP LOCKED)"
+        ),
+        &[relation.into(), error.into()],
+    )
+    .unwrap_or_else(|e| error!("{e}"));
+}
+
+/// A secret for one batch: `pg_vision_fetch_image` fetches only with it, so code of the
+/// table's owner that runs inside the batch (its triggers, policies, defaults) cannot
+/// fetch URLs of its own choosing and read what comes back.
+fn new_fetch_token() -> i64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: fills the buffer from the operating system's random source.
+    if !unsafe { pg_sys::pg_strong_random(bytes.as_mut_ptr().cast(), bytes.len()) } {
+        error!("pg_vision indexer: could not generate random bytes");
+    }
+    match i64::from_ne_bytes(bytes) {
+        0 => 1,
+        t => t,
+    }
+}
+
+/// One batch in the current transaction: `None` when there is nothing to do (or no
+/// extension to do it with). Tables in `skipped` are not looked at.
+fn one_batch(slot: usize, skipped: &[pg_sys::Oid]) -> Option<Done> {
+    let Some(schema) = extension_schema() else {
         set_activity(slot, Activity::NoExtension, None);
         return None;
     };
+    let mut skipped = skipped.to_vec();
+    skipped.extend(penalized());
     // The oldest due row names the table; other workers skip the rows this one locks.
-    let relation: Option<pg_sys::Oid> = Spi::get_one(&format!(
-        "SELECT (SELECT q.relation::pg_catalog.oid FROM {schema}.pg_vision_queue q
-                  WHERE q.next_try <= pg_catalog.now() ORDER BY q.id LIMIT 1 FOR UPDATE OF q SKIP LOCKED)"
-    ))
+    let relation: Option<pg_sys::Oid> = Spi::get_one_with_args(
+        &format!(
+            "SELECT (SELECT q.relation::pg_catalog.oid FROM {schema}.pg_vision_queue q
+                      WHERE q.next_try <= pg_catalog.now() AND q.relation::pg_catalog.oid <> ALL ($1)
+                      ORDER BY q.id LIMIT 1 FOR UPDATE OF q SKIP LOCKED)"
+        ),
+        &[skipped.into()],
+    )
     .unwrap_or(None);
     let Some(relation) = relation else {
         return Some(Done { relation: 0, claimed: 0, embedded: 0, failed: 0, retried: 0 });
     };
+    BATCH_RELATION.with(|r| r.set(relation.to_u32()));
     set_activity(slot, Activity::Embedding, Some(relation.to_u32()));
     // The table is locked for the batch, as an INSERT would lock it: a DROP or TRUNCATE
     // waits for the batch, and one in progress makes the worker come back later instead
@@ -469,7 +666,13 @@ fn one_batch(slot: usize) -> Option<Done> {
     let Some(owner) = owner else {
         // The table was dropped: its queued rows have nothing left to index.
         let claimed: i64 = Spi::get_one_with_args(
-            &format!("WITH d AS (DELETE FROM {schema}.pg_vision_queue WHERE relation = $1 RETURNING 1) SELECT count(*) FROM d"),
+            &format!(
+                "WITH d AS (DELETE FROM {schema}.pg_vision_queue
+                             WHERE id IN (SELECT q.id FROM {schema}.pg_vision_queue q
+                                           WHERE q.relation::pg_catalog.oid = $1 FOR UPDATE SKIP LOCKED)
+                            RETURNING 1)
+                 SELECT count(*) FROM d"
+            ),
             &[relation.into()],
         )
         .ok()
@@ -477,17 +680,22 @@ fn one_batch(slot: usize) -> Option<Done> {
         .unwrap_or(0);
         return Some(Done { relation: relation.to_u32(), claimed: claimed as i32, embedded: 0, failed: 0, retried: 0 });
     };
+    let token = new_fetch_token();
+    FETCH_TOKEN.with(|t| t.set(token));
+    arm_batch_timeouts();
     let counts: Vec<i32> = as_owner(owner, || {
         Spi::get_one_with_args::<Vec<i32>>(
             &format!(
                 "SELECT ARRAY[claimed, embedded, failed, retried]
-                   FROM {schema}.pg_vision_index_batch($1::pg_catalog.regclass, $2, $3)"
+                   FROM {schema}.pg_vision_index_batch($1::pg_catalog.regclass, $2, $3, $4)"
             ),
-            &[relation.into(), guc::indexer_batch_size().into(), guc::indexer_max_attempts().into()],
+            &[relation.into(), guc::indexer_batch_size().into(), guc::indexer_max_attempts().into(), token.into()],
         )
         .unwrap_or_else(|e| error!("pg_vision indexer: {e}"))
         .unwrap_or_default()
     });
+    disarm_batch_timeouts();
+    FETCH_TOKEN.with(|t| t.set(0));
     let count = |i: usize| counts.get(i).copied().unwrap_or(0);
     let (claimed, embedded, failed, retried) = (count(0), count(1), count(2), count(3));
     Some(Done { relation: relation.to_u32(), claimed, embedded, failed, retried })
@@ -526,12 +734,16 @@ fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
 /// workers read the trigger's configuration with it).
 #[pg_extern(stable, strict, parallel_safe)]
 fn pg_vision_trigger_args(rel: pg_sys::Oid, trigger: &str) -> Option<Vec<String>> {
-    let args: Option<Vec<u8>> = Spi::get_one_with_args(
-        "SELECT tgargs FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2",
-        &[rel.into(), trigger.into()],
-    )
-    .ok()
-    .flatten();
+    // Read-only SPI (see `ask`): callable on a hot standby and in a parallel worker.
+    let args: Option<Vec<u8>> = Spi::connect(|c| {
+        c.select(
+            "SELECT tgargs FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = $2",
+            Some(1),
+            &[rel.into(), trigger.into()],
+        )
+        .ok()
+        .and_then(|t| t.first().get_one::<Vec<u8>>().ok().flatten())
+    });
     // tgargs: each argument followed by a NUL byte.
     let args = args?;
     let mut parts: Vec<String> = args.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
@@ -539,8 +751,49 @@ fn pg_vision_trigger_args(rel: pg_sys::Oid, trigger: &str) -> Option<Vec<String>
     Some(parts)
 }
 
-/// Each background worker: its state, the table it works on (or last worked on), and what
-/// it has done since it started.
+/// Which tables' indexing the current role may see in the workers' listings: those it owns
+/// or may write (directly or through a partitioned parent), as `pg_vision_indexing` and the
+/// queue's row-level security show them; every table for `pg_read_all_stats` members.
+struct Visible {
+    all: bool,
+    seen: std::collections::HashMap<u32, bool>,
+}
+
+/// A read-only query's one boolean (false for none). Read-only SPI: `Spi::get_one` marks
+/// the transaction as writing, which assigns a transaction id, and that fails on a hot
+/// standby and in a parallel worker.
+fn ask(query: &str, args: &[pgrx::datum::DatumWithOid]) -> bool {
+    Spi::connect(|c| c.select(query, Some(1), args).ok().and_then(|t| t.first().get_one::<bool>().ok().flatten()))
+        .unwrap_or(false)
+}
+
+impl Visible {
+    fn new() -> Visible {
+        let all = ask("SELECT pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')", &[]);
+        Visible { all, seen: std::collections::HashMap::new() }
+    }
+
+    fn relation(&mut self, relation: u32) -> bool {
+        if relation == 0 {
+            return false;
+        }
+        if self.all {
+            return true;
+        }
+        *self.seen.entry(relation).or_insert_with(|| {
+            ask(
+                "SELECT coalesce((SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c WHERE c.oid = $1), false)
+                     OR coalesce(pg_catalog.has_any_column_privilege($1, 'INSERT, UPDATE'), false)
+                     OR coalesce((SELECT pg_catalog.bool_or(pg_catalog.has_any_column_privilege(a.relid, 'INSERT, UPDATE'))
+                                    FROM pg_catalog.pg_partition_ancestors($1::pg_catalog.regclass) a), false)",
+                &[pg_sys::Oid::from(relation).into()],
+            )
+        })
+    }
+}
+
+/// Each background worker: its state, the table it works on (or last worked on; NULL for a
+/// table the caller may not see, see `Visible`), and what it has done since it started.
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn pg_vision_indexer_workers() -> TableIterator<
@@ -561,6 +814,7 @@ fn pg_vision_indexer_workers() -> TableIterator<
     } else {
         Vec::new()
     };
+    let mut visible = Visible::new();
     let rows: Vec<_> = workers
         .into_iter()
         .map(|w| {
@@ -573,7 +827,7 @@ fn pg_vision_indexer_workers() -> TableIterator<
                     std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
                 }
             };
-            let relation = (w.relation != 0).then(|| pg_sys::Oid::from(w.relation));
+            let relation = visible.relation(w.relation).then(|| pg_sys::Oid::from(w.relation));
             (
                 w.pid,
                 database,
@@ -589,8 +843,8 @@ fn pg_vision_indexer_workers() -> TableIterator<
     TableIterator::new(rows)
 }
 
-/// The workers' recent batches (the last 512, this database's), newest first: for
-/// `pg_vision_indexing`'s rates.
+/// The workers' recent batches (the last 512, this database's, of the tables the caller may
+/// see, see `Visible`), newest first: for `pg_vision_indexing`'s rates.
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn pg_vision_indexer_batches() -> TableIterator<
@@ -619,6 +873,8 @@ fn pg_vision_indexer_batches() -> TableIterator<
     } else {
         Vec::new()
     };
+    let mut visible = Visible::new();
+    batches.retain(|b| visible.relation(b.relation));
     batches.sort_by_key(|b| std::cmp::Reverse(b.ended));
     TableIterator::new(batches.into_iter().map(|b| {
         (
@@ -646,18 +902,35 @@ fn is_indexer() -> bool {
 
 /// The bytes behind an image URL, fetched under `pg_vision.url_allowlist`,
 /// `pg_vision.url_timeout` and `pg_vision.max_image_bytes`. Only pg_vision's background
-/// workers may call it: a fetch never happens inside a user's transaction.
-#[pg_extern(volatile, strict, parallel_unsafe)]
-fn pg_vision_fetch_image(url: &str) -> Vec<u8> {
-    if !is_indexer() {
-        pgrx::pg_sys::panic::ErrorReport::new(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            "only pg_vision's background workers fetch image URLs",
-            "pg_vision_fetch_image",
-        )
-        .set_hint("queue the row with the trigger's mode=async; pg_vision.indexer_databases must name this database")
-        .report(PgLogLevel::ERROR);
-        unreachable!()
+/// workers may call it, and only `pg_vision_index_batch` with the secret the worker gave
+/// it for the batch: a fetch never happens inside a user's transaction, and the table
+/// owner's code that runs inside a batch (triggers, policies) cannot fetch and read a URL.
+/// (Its C symbol is new in 0.7.0: 0.6.0's one-argument `pg_vision_fetch_image` keeps its
+/// own symbol, below.)
+#[pg_extern(name = "pg_vision_fetch_image", volatile, strict, parallel_unsafe)]
+fn pg_vision_fetch_image_for_batch(url: &str, token: i64) -> Vec<u8> {
+    if !is_indexer() || token == 0 || FETCH_TOKEN.with(|t| t.get()) != token {
+        refuse_fetch();
     }
     crate::fetch::fetch_image(url)
+}
+
+/// 0.6.0's `pg_vision_fetch_image(url)`, as a database not yet updated to 0.7.0 declares it:
+/// it has no batch secret, so it always refuses (the workers skip such databases until
+/// `ALTER EXTENSION pg_vision UPDATE`). Its own symbol, so that the new two-argument
+/// function is never called with one argument.
+#[pg_extern(sql = false, volatile, strict, parallel_unsafe)]
+fn pg_vision_fetch_image(_url: &str) -> Vec<u8> {
+    refuse_fetch()
+}
+
+fn refuse_fetch() -> ! {
+    pgrx::pg_sys::panic::ErrorReport::new(
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        "only pg_vision's background workers fetch image URLs",
+        "pg_vision_fetch_image",
+    )
+    .set_hint("queue the row with the trigger's mode=async; pg_vision.indexer_databases must name this database")
+    .report(PgLogLevel::ERROR);
+    unreachable!()
 }

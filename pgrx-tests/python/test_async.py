@@ -26,6 +26,14 @@ def restart():
     subprocess.run([os.path.join(photos.REPO, "scripts", "pg.sh"), "restart"], check=True, stdout=subprocess.DEVNULL)
 
 
+def server_accepts():
+    try:
+        with photos.connect():
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
 def workers_running(c):
     return c.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_vision indexer'").fetchone()[0]
 
@@ -416,6 +424,8 @@ def test_crash_safety_under_kill_9(owner, writer, app_role, images):
     finally:
         stop.set()
         t.join()
+    # The last kill may have left the server in crash recovery for a while yet.
+    wait_for("the server back from crash recovery", server_accepts, timeout=60, every=0.2)
     with photos.connect() as c:
         wait_for("the indexer workers", lambda: workers_running(c) == WORKERS, timeout=60)
         c.execute("SET search_path = async_test, public")

@@ -419,3 +419,6 @@ def test_the_workers_do_nothing_on_the_standby(replicas):
              timeout=30)
     assert s.one("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_vision indexer'")[0] == 0
     assert s.one("SELECT count(*) FROM pg_vision_indexer_workers()")[0] == 0
+    # Read-only on a standby (they assigned a transaction id, an error in recovery).
+    assert s.one("SELECT count(*) FROM pg_vision_indexer_batches()")[0] == 0
+    assert s.one("SELECT pg_vision_trigger_args('pg_class'::regclass, 'none') IS NULL")[0]
