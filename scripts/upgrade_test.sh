@@ -86,6 +86,14 @@ BEGIN
   LOOP
     EXECUTE format('SELECT count(*) FROM (SELECT * FROM %s) r', f);
   END LOOP;
+  -- 0.6.0's one-argument URL fetch: its own symbol, which refuses (no batch secret)
+  IF to_regprocedure('pg_vision_fetch_image(text)') IS NOT NULL THEN
+    BEGIN
+      PERFORM pg_vision_fetch_image('http://images.example.com/a.jpg');
+      RAISE EXCEPTION 'pg_vision_fetch_image(text) of an old version answered';
+    EXCEPTION WHEN insufficient_privilege THEN NULL;
+    END;
+  END IF;
 END
 \$\$;
 ALTER EXTENSION pg_vision UPDATE;
