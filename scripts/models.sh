@@ -94,7 +94,8 @@ for manifest in sorted(glob.glob(os.path.join(dest, "*.json"))):
             cmd = [sys.executable, "scripts/prepare_shared_weights.py", path]
             if tower.get("onnx_sha256"):
                 cmd += ["--sha256", tower["onnx_sha256"]]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
+            # stderr passes through: a failure (a full disk, an ONNX Runtime error) says why.
+            out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
             if not out.endswith("up to date"):
                 print(out)
 PYEOF
