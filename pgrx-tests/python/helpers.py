@@ -1,6 +1,7 @@
 """Helpers shared by the end-to-end test modules (fixtures are in conftest.py)."""
 
 import functools
+import http.server
 import os
 import socket
 import subprocess
@@ -134,3 +135,44 @@ def wait_for(what, check, timeout=60, every=0.05):
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not after {timeout} s (last: {value!r})")
         time.sleep(every)
+
+
+class HttpServer:
+    """A local HTTP server on 127.0.0.1 (a free port) for the image-URL tests. `routes` maps a
+    path to (status, body) or (status, body, headers), or to a function of the request handler
+    that answers it (`handler.reply(status, body, headers)`); other paths get 404. `hits`
+    counts the requests per path."""
+
+    def __init__(self, routes):
+        self.hits = {}
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server.hits[self.path] = server.hits.get(self.path, 0) + 1
+                route = routes.get(self.path, (404, b"not found"))
+                if callable(route):
+                    route(self)
+                else:
+                    self.reply(*route)
+
+            def reply(self, status, body, headers=()):
+                self.send_response(status)
+                for name, value in headers:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def close(self):
+        self.httpd.shutdown()

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image, ImageOps
 
 import photos
-from helpers import wait_for
+from helpers import HttpServer, wait_for
 
 OWNER = "pgv_owner"
 WORKERS = 2
@@ -243,67 +243,31 @@ def test_drop_or_truncate_of_a_queued_table(owner, writer, app_role, images, how
         assert c.execute("SELECT count(*) FROM pg_vision_indexer_workers() WHERE state = 'failing'").fetchone()[0] == 0
 
 
-class ImageServer:
-    """A local HTTP server for the URL tests: counts requests per path."""
+def image_server(image):
+    """The URL tests' server: an image, a redirect to it, a 404, a 503, one over the size
+    limit, one slower than the timeout, a redirect to a host off the allowlist."""
 
-    def __init__(self, image):
-        import http.server
+    def slow(h):
+        time.sleep(3)
+        h.reply(200, image)
 
-        self.hits = {}
-        server = self
+    def to_elsewhere(h):
+        # localhost is not on the allowlist (only 127.0.0.1:port is).
+        h.reply(302, b"", [("Location", f"http://localhost:{h.server.server_address[1]}/elsewhere.jpg")])
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                server.hits[self.path] = server.hits.get(self.path, 0) + 1
-                port = self.server.server_address[1]
-                if self.path == "/ok.jpg":
-                    self.reply(200, image)
-                elif self.path == "/missing.jpg":
-                    self.reply(404, b"not found")
-                elif self.path == "/busy.jpg":
-                    self.reply(503, b"try later")
-                elif self.path == "/big.jpg":
-                    self.reply(200, b"\xff" * (300 * 1024))
-                elif self.path == "/slow.jpg":
-                    time.sleep(3)
-                    self.reply(200, image)
-                elif self.path == "/to-elsewhere.jpg":
-                    # localhost is not on the allowlist (only 127.0.0.1:port is).
-                    self.send_response(302)
-                    self.send_header("Location", f"http://localhost:{port}/elsewhere.jpg")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                elif self.path == "/to-ok.jpg":
-                    self.send_response(301)
-                    self.send_header("Location", "/ok.jpg")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                else:
-                    self.reply(404, b"")
-
-            def reply(self, status, body):
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def url(self, path):
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def close(self):
-        self.httpd.shutdown()
+    return HttpServer({
+        "/ok.jpg": (200, image),
+        "/to-ok.jpg": (301, b"", [("Location", "/ok.jpg")]),
+        "/missing.jpg": (404, b"not found"),
+        "/busy.jpg": (503, b"try later"),
+        "/big.jpg": (200, b"\xff" * (300 * 1024)),
+        "/slow.jpg": slow,
+        "/to-elsewhere.jpg": to_elsewhere,
+    })
 
 
 def test_image_urls_fetched_by_the_workers_only_from_the_allowlist(owner, writer, app_role, images, system_settings):
-    server = ImageServer(images[0])
+    server = image_server(images[0])
     try:
         system_settings.set("pg_vision.url_allowlist", f"127.0.0.1:{server.port}")
         system_settings.set("pg_vision.url_timeout", "1000")

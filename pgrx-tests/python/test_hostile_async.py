@@ -7,18 +7,16 @@ The cluster is restarted with pg_vision.indexer_databases = 'pg_vision' (2 worke
 test_async.py. The hostile role (conftest's pgv_hostile) owns a schema of its own; the
 victim, pgv_victim, owns its own tables."""
 
-import http.server
 import io
 import os
 import subprocess
-import threading
 import time
 
 import psycopg
 import pytest
 
 import photos
-from helpers import wait_for
+from helpers import HttpServer, wait_for
 
 VICTIM = "pgv_victim"
 WORKERS = 2
@@ -278,46 +276,10 @@ def test_a_column_privilege_on_the_image_is_enough_to_change_it(checked, hostile
     assert victim.execute("SELECT emb IS NOT NULL FROM column_grant").fetchone()[0]
 
 
-class Server:
-    """A local HTTP server: an image, a 404, and a file that is not for the database's users."""
-
-    def __init__(self, image):
-        self.hits = {}
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                server.hits[self.path] = server.hits.get(self.path, 0) + 1
-                if self.path == "/ok.jpg":
-                    self.reply(200, image)
-                elif self.path == "/internal.txt":
-                    self.reply(200, b"internal: not for the database's users")
-                else:
-                    self.reply(404, b"not found")
-
-            def reply(self, status, body):
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def url(self, path):
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def close(self):
-        self.httpd.shutdown()
-
-
 @pytest.fixture
 def server(jpeg, system_settings):
-    s = Server(jpeg)
+    # An image, a 404, and a file that is not for the database's users.
+    s = HttpServer({"/ok.jpg": (200, jpeg), "/internal.txt": (200, b"internal: not for the database's users")})
     system_settings.set("pg_vision.url_allowlist", f"127.0.0.1:{s.port}")
     system_settings.set("pg_vision.url_timeout", "2000")
     yield s
