@@ -52,6 +52,13 @@ CREATE FUNCTION pg_vision_permanent_failure(sqlstate text) RETURNS boolean
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 RETURN left(sqlstate, 2) IN ('22', '0A', '54');
 
+-- How long until a row (or a table's whole batch) whose failure may pass is tried again,
+-- after `attempts` tries so far: 2, 4, 8 ... seconds, at most an hour (the exponent is
+-- capped, so no count of attempts overflows it).
+CREATE FUNCTION pg_vision_retry_delay(attempts int) RETURNS interval
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+RETURN least(make_interval(secs => 2 ^ least(greatest(attempts, 0) + 1, 12)), interval '1 hour');
+
 -- One batch of one table's queue, run by a worker as the table's owner. Returns what it
 -- did: claimed queue rows, rows embedded, rows failed for good (in pg_vision_errors), rows
 -- put back to retry later. Rows of other workers' batches are skipped, never waited for.
@@ -209,7 +216,7 @@ BEGIN
       retried := retried + 1;
       UPDATE @extschema@.pg_vision_queue
          SET attempts = attempts + 1,
-             next_try = now() + least(make_interval(secs => 2 ^ least(greatest(attempts, 0) + 1, 12)), interval '1 hour'),
+             next_try = now() + @extschema@.pg_vision_retry_delay(attempts),
              last_error = err_state[j] || ': ' || err_msg[j]
        WHERE id = ANY (ids) AND row_key = found_keys[j];
     END IF;

@@ -13,6 +13,14 @@ STRICT VOLATILE PARALLEL UNSAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'pg_vision_fetch_image_for_batch_wrapper';
 
+-- New: the retry delay, one rule for the batch function and the workers.
+-- How long until a row (or a table's whole batch) whose failure may pass is tried again,
+-- after `attempts` tries so far: 2, 4, 8 ... seconds, at most an hour (the exponent is
+-- capped, so no count of attempts overflows it).
+CREATE FUNCTION pg_vision_retry_delay(attempts int) RETURNS interval
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+RETURN least(make_interval(secs => 2 ^ least(greatest(attempts, 0) + 1, 12)), interval '1 hour');
+
 -- Changed: the batch passes that secret on; without an image the checksum column is written
 -- NULL (never a value from the queue row's key); the retry backoff cannot overflow.
 DROP FUNCTION pg_vision_index_batch(regclass, int, int);
@@ -173,7 +181,7 @@ BEGIN
       retried := retried + 1;
       UPDATE @extschema@.pg_vision_queue
          SET attempts = attempts + 1,
-             next_try = now() + least(make_interval(secs => 2 ^ least(greatest(attempts, 0) + 1, 12)), interval '1 hour'),
+             next_try = now() + @extschema@.pg_vision_retry_delay(attempts),
              last_error = err_state[j] || ': ' || err_msg[j]
        WHERE id = ANY (ids) AND row_key = found_keys[j];
     END IF;

@@ -592,8 +592,8 @@ fn penalized() -> Vec<pg_sys::Oid> {
         .collect()
 }
 
-/// After a batch of `relation` failed as a whole: its due rows are tried again later, 2, 4,
-/// 8 ... seconds (at most an hour) as after a row's passing failure, so a table whose
+/// After a batch of `relation` failed as a whole: its due rows are tried again later, after
+/// `pg_vision_retry_delay` as after a row's passing failure, so a table whose
 /// batches keep failing costs a failed batch per backoff, not one per wake. Rows that
 /// another transaction holds are left as they are, never waited for.
 fn postpone(relation: pg_sys::Oid, error: &str) {
@@ -602,8 +602,7 @@ fn postpone(relation: pg_sys::Oid, error: &str) {
         &format!(
             "UPDATE {schema}.pg_vision_queue
                 SET attempts = LEAST(GREATEST(attempts, 0), 1000000) + 1,
-                    next_try = pg_catalog.now() + LEAST(pg_catalog.make_interval(secs => 2 ^ LEAST(GREATEST(attempts, 0) + 1, 12)),
-                                                        interval '1 hour'),
+                    next_try = pg_catalog.now() + {schema}.pg_vision_retry_delay(attempts),
                     last_error = $2
               WHERE id IN (SELECT q.id FROM {schema}.pg_vision_queue q
                             WHERE q.relation::pg_catalog.oid = $1 AND q.next_try <= pg_catalog.now()
