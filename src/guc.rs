@@ -389,13 +389,21 @@ pub fn indexer_batch_timeout_ms() -> i32 {
 }
 
 pub fn url_allowlist() -> String {
-    // SAFETY: PostgreSQL sets the pointer (to a NUL-terminated string or NULL) only in this
-    // backend's main thread, between statements; we read it on the same thread.
-    let value = unsafe { *URL_ALLOWLIST.0.get() };
+    // SAFETY: PostgreSQL sets the pointer (to a NUL-terminated string the GUC code keeps
+    // until the next assignment, or NULL) only in this backend's main thread, between
+    // statements; we read it on the same thread.
+    unsafe { owned(*URL_ALLOWLIST.0.get()) }
+}
+
+/// A string setting's value (NULL: empty) as an owned `String`.
+///
+/// # Safety
+/// `value` is NULL or points to a NUL-terminated string.
+unsafe fn owned(value: *const c_char) -> String {
     if value.is_null() {
         return String::new();
     }
-    // SAFETY: non-NULL: a NUL-terminated string the GUC code keeps until the next assignment.
+    // SAFETY: the caller's promise.
     unsafe { CStr::from_ptr(value) }.to_string_lossy().into_owned()
 }
 
@@ -413,9 +421,7 @@ unsafe extern "C-unwind" fn check_url_allowlist(
     _source: pg_sys::GucSource::Type,
 ) -> bool {
     // SAFETY: PostgreSQL passes a valid pointer to the proposed value (a string or NULL).
-    let value = unsafe { *newval };
-    let text =
-        if value.is_null() { String::new() } else { unsafe { CStr::from_ptr(value) }.to_string_lossy().into_owned() };
+    let text = unsafe { owned(*newval) };
     let problem = match std::panic::catch_unwind(|| pg_vision_core::fetch::Allowlist::parse(&text).err()) {
         Ok(None) => return true,
         Ok(Some(e)) => (e.message, e.hint),

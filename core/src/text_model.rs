@@ -65,6 +65,7 @@ impl TextModel {
         let session = session::build(&resolved.load, prepared, opts, &context)?;
         let (origin, choice) = (resolved.origin, resolved.choice);
         let intra_threads = opts.intra_threads();
+        let dynamic_length = takes_any_length(&session, &text.input_name);
         let model = TextModel {
             name,
             manifest: text,
@@ -73,11 +74,10 @@ impl TextModel {
             intra_threads,
             origin,
             choice,
-            dynamic_length: false,
+            dynamic_length,
         };
         model.check_signature()?;
-        let dynamic_length = model.takes_any_length();
-        Ok(TextModel { load_time: start.elapsed(), dynamic_length, ..model })
+        Ok(TextModel { load_time: start.elapsed(), ..model })
     }
 
     /// The ids input (and the mask, if declared) must exist and take int64; the output must exist.
@@ -122,12 +122,6 @@ impl TextModel {
             )
             .with_hint("fix text.output_name in the model's manifest")
         })
-    }
-
-    /// Whether the ids input's sequence axis is dynamic (-1 in ONNX Runtime's shape).
-    fn takes_any_length(&self) -> bool {
-        let input = self.session.inputs().iter().find(|i| i.name() == self.manifest.input_name);
-        matches!(input.map(|i| i.dtype()), Some(ValueType::Tensor { shape, .. }) if shape.len() == 2 && shape[1] < 0)
     }
 
     /// One vector per text, in order, in one batch. Checks the output size, rejects NaN and
@@ -200,6 +194,13 @@ impl TextModel {
         };
         output::split(&rows, &shape[..], values)
     }
+}
+
+/// Whether the graph's ids input `input_name` has a dynamic sequence axis (-1 in ONNX
+/// Runtime's shape); false if there is no such input (`check_signature` says so).
+fn takes_any_length(session: &Session, input_name: &str) -> bool {
+    let input = session.inputs().iter().find(|i| i.name() == input_name);
+    matches!(input.map(|i| i.dtype()), Some(ValueType::Tensor { shape, .. }) if shape.len() == 2 && shape[1] < 0)
 }
 
 /// The most tokens (SOT .. EOT: the attention mask's ones) of any text in the batch, at

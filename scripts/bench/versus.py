@@ -357,18 +357,12 @@ CEILING_CALLS = 30
 
 def inference_cpu_floor(models):
     """{batch: CPU ms per image} of the model alone, one intra-op thread (no time lost to
-    thread hand-offs), the service's session options, random inputs (the cost does not
-    depend on the pixels); and the smallest of them."""
-    import onnxruntime as ort
+    thread hand-offs), in the service's own model manager (its manifest and session
+    options), random inputs (the cost does not depend on the pixels); and the smallest."""
+    import service  # scripts/bench/service.py, beside this script
 
-    with open(os.path.join(models, f"{MODEL}.json")) as f:
-        manifest = json.load(f)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(os.path.join(models, manifest["onnx_file"]), options, providers=["CPUExecutionProvider"])
+    model = service.ModelManager(models, MODEL, threads=1)
+    session, manifest = model.session, model.manifest
     name = session.get_inputs()[0].name
     per_batch = {}
     for batch in CEILING_BATCHES:
