@@ -49,11 +49,17 @@ def vector(conn, image):
     return np.array(json.loads(text), dtype=np.float64)
 
 
-def mine(conn):
-    """(shared_file, shared_bytes, bytes) of this backend's efficientnet row."""
+def of(conn, pid):
+    """(shared_file, shared_bytes, bytes) of backend `pid`'s efficientnet row, read on `conn`
+    (pg_vision_memory shows other backends' rows to superusers only)."""
     return conn.execute(
-        "SELECT shared_file, shared_bytes, bytes FROM pg_vision_memory WHERE pid = pg_backend_pid() AND model = 'efficientnet'"
+        "SELECT shared_file, shared_bytes, bytes FROM pg_vision_memory WHERE pid = %s AND model = 'efficientnet'", (pid,)
     ).fetchone()
+
+
+def mine(conn):
+    """`of` this connection's own backend."""
+    return of(conn, conn.info.backend_pid)
 
 
 def test_eight_connections_share_one_copy_and_the_budget_counts_it_once(superuser, app_role):
@@ -110,14 +116,6 @@ def test_eight_connections_share_one_copy_and_the_budget_counts_it_once(superuse
     finally:
         for c in conns:
             c.close()
-
-
-def of(superuser, pid):
-    """(shared_file, shared_bytes, bytes) of backend `pid`'s efficientnet row (pg_vision_memory
-    shows every backend's rows to superusers only)."""
-    return superuser.execute(
-        "SELECT shared_file, shared_bytes, bytes FROM pg_vision_memory WHERE pid = %s AND model = 'efficientnet'", (pid,)
-    ).fetchone()
 
 
 def admitted(app_role, superuser, image, up_to):
