@@ -1,5 +1,6 @@
 """Helpers shared by the end-to-end test modules (fixtures are in conftest.py)."""
 
+import contextlib
 import functools
 import http.server
 import os
@@ -176,3 +177,32 @@ class HttpServer:
 
     def close(self):
         self.httpd.shutdown()
+
+
+def restart():
+    """scripts/pg.sh restart: the project's cluster, with whatever ALTER SYSTEM set."""
+    subprocess.run([os.path.join(photos.REPO, "scripts", "pg.sh"), "restart"], check=True, stdout=subprocess.DEVNULL)
+
+
+def workers_running(c):
+    """pg_vision indexer workers running now (pg_stat_activity, on connection `c`)."""
+    return c.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_vision indexer'").fetchone()[0]
+
+
+@contextlib.contextmanager
+def indexer_workers(n):
+    """The project's cluster restarted with `n` pg_vision indexer workers for database
+    pg_vision (the block starts once they run), and restarted without them afterwards."""
+    with photos.connect() as c:
+        c.execute("ALTER SYSTEM SET pg_vision.indexer_databases = 'pg_vision'")
+        c.execute(f"ALTER SYSTEM SET pg_vision.indexer_workers = {int(n)}")
+    restart()
+    try:
+        with photos.connect() as c:
+            wait_for("the indexer workers", lambda: workers_running(c) == n)
+        yield
+    finally:
+        with photos.connect() as c:
+            c.execute("ALTER SYSTEM RESET pg_vision.indexer_databases")
+            c.execute("ALTER SYSTEM RESET pg_vision.indexer_workers")
+        restart()

@@ -7,7 +7,6 @@ workers, are in pg_regress (pgrx-tests/pg_regress/sql/async.sql)."""
 
 import io
 import os
-import subprocess
 import threading
 import time
 
@@ -16,14 +15,10 @@ import pytest
 from PIL import Image, ImageOps
 
 import photos
-from helpers import HttpServer, wait_for
+from helpers import HttpServer, indexer_workers, wait_for, workers_running
 
 OWNER = "pgv_owner"
 WORKERS = 2
-
-
-def restart():
-    subprocess.run([os.path.join(photos.REPO, "scripts", "pg.sh"), "restart"], check=True, stdout=subprocess.DEVNULL)
 
 
 def server_accepts():
@@ -34,29 +29,18 @@ def server_accepts():
         return False
 
 
-def workers_running(c):
-    return c.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_vision indexer'").fetchone()[0]
-
-
 @pytest.fixture(scope="module")
 def indexer(cluster, app_role):
-    with photos.connect() as c:
-        c.execute("ALTER SYSTEM SET pg_vision.indexer_databases = 'pg_vision'")
-        c.execute(f"ALTER SYSTEM SET pg_vision.indexer_workers = {WORKERS}")
-    restart()
-    with photos.connect() as c:
-        wait_for("the indexer workers", lambda: workers_running(c) == WORKERS)
-        if not c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (OWNER,)).fetchone():
-            c.execute(f"CREATE ROLE {OWNER} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE")
-        c.execute("DROP SCHEMA IF EXISTS async_test CASCADE")
-        c.execute(f"CREATE SCHEMA async_test AUTHORIZATION {OWNER}")
-        c.execute(f"GRANT USAGE ON SCHEMA async_test TO {app_role}")
-    yield
-    with photos.connect() as c:
-        c.execute("DROP SCHEMA IF EXISTS async_test CASCADE")
-        c.execute("ALTER SYSTEM RESET pg_vision.indexer_databases")
-        c.execute("ALTER SYSTEM RESET pg_vision.indexer_workers")
-    restart()
+    with indexer_workers(WORKERS):
+        with photos.connect() as c:
+            if not c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (OWNER,)).fetchone():
+                c.execute(f"CREATE ROLE {OWNER} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE")
+            c.execute("DROP SCHEMA IF EXISTS async_test CASCADE")
+            c.execute(f"CREATE SCHEMA async_test AUTHORIZATION {OWNER}")
+            c.execute(f"GRANT USAGE ON SCHEMA async_test TO {app_role}")
+        yield
+        with photos.connect() as c:
+            c.execute("DROP SCHEMA IF EXISTS async_test CASCADE")
 
 
 @pytest.fixture(scope="module")

@@ -8,47 +8,33 @@ test_async.py. The hostile role (conftest's pgv_hostile) owns a schema of its ow
 victim, pgv_victim, owns its own tables."""
 
 import io
-import os
-import subprocess
 import time
 
 import psycopg
 import pytest
 
 import photos
-from helpers import HttpServer, wait_for
+from helpers import HttpServer, indexer_workers, wait_for
 
 VICTIM = "pgv_victim"
 WORKERS = 2
 SCHEMA = "hostile_async"
 
 
-def restart():
-    subprocess.run([os.path.join(photos.REPO, "scripts", "pg.sh"), "restart"], check=True, stdout=subprocess.DEVNULL)
-
-
 @pytest.fixture(scope="module")
 def indexer(cluster, hostile_role):
-    with photos.connect() as c:
-        c.execute("ALTER SYSTEM SET pg_vision.indexer_databases = 'pg_vision'")
-        c.execute(f"ALTER SYSTEM SET pg_vision.indexer_workers = {WORKERS}")
-    restart()
-    with photos.connect() as c:
-        wait_for("the indexer workers", lambda: c.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_vision indexer'").fetchone()[0] == WORKERS)
-        if not c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (VICTIM,)).fetchone():
-            c.execute(f"CREATE ROLE {VICTIM} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE")
-        for schema, role in ((SCHEMA, hostile_role), ("victim_async", VICTIM)):
-            c.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-            c.execute(f"CREATE SCHEMA {schema} AUTHORIZATION {role}")
-        c.execute(f"GRANT USAGE ON SCHEMA victim_async TO {hostile_role}")
-    yield
-    with photos.connect() as c:
-        c.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
-        c.execute("DROP SCHEMA IF EXISTS victim_async CASCADE")
-        c.execute("ALTER SYSTEM RESET pg_vision.indexer_databases")
-        c.execute("ALTER SYSTEM RESET pg_vision.indexer_workers")
-    restart()
+    with indexer_workers(WORKERS):
+        with photos.connect() as c:
+            if not c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (VICTIM,)).fetchone():
+                c.execute(f"CREATE ROLE {VICTIM} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE")
+            for schema, role in ((SCHEMA, hostile_role), ("victim_async", VICTIM)):
+                c.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+                c.execute(f"CREATE SCHEMA {schema} AUTHORIZATION {role}")
+            c.execute(f"GRANT USAGE ON SCHEMA victim_async TO {hostile_role}")
+        yield
+        with photos.connect() as c:
+            c.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+            c.execute("DROP SCHEMA IF EXISTS victim_async CASCADE")
 
 
 @pytest.fixture(scope="module")
