@@ -52,6 +52,16 @@ APPLICATION_NAME = "pg_vision demo web"
 SEARCH_POOL_SIZE = 2
 MEDIA_POOL_SIZE = 4
 
+# Both searches end alike: of their HITS nearest images (`hits`: id, product_id, distance),
+# one row per product, the nearest first, joined to products.
+ONE_ROW_PER_PRODUCT = """
+     best AS (SELECT DISTINCT ON (product_id) id, product_id, distance
+                FROM hits ORDER BY product_id, distance)
+SELECT p.name, p.sku, p.price::text, b.id::text AS image_id, 1 - b.distance AS similarity
+  FROM best b JOIN products p ON p.id = b.product_id
+ ORDER BY b.distance
+ LIMIT %(k)s"""
+
 # README's recommended query ("Search by upload"): the upload embedded once in a
 # MATERIALIZED CTE read by InitPlans, the HNSW index ordering the images, then one row per
 # product, joined to products. %(upload)b is the upload, a binary bytea parameter.
@@ -60,13 +70,7 @@ WITH q AS MATERIALIZED (SELECT embed_efficientnet(%(upload)b) AS v),
      hits AS (SELECT id, product_id, embedding_efficientnet <=> (SELECT v FROM q) AS distance
                 FROM product_images
                ORDER BY embedding_efficientnet <=> (SELECT v FROM q)
-               LIMIT {HITS}),
-     best AS (SELECT DISTINCT ON (product_id) id, product_id, distance
-                FROM hits ORDER BY product_id, distance)
-SELECT p.name, p.sku, p.price::text, b.id::text AS image_id, 1 - b.distance AS similarity
-  FROM best b JOIN products p ON p.id = b.product_id
- ORDER BY b.distance
- LIMIT %(k)s"""
+               LIMIT {HITS}),{ONE_ROW_PER_PRODUCT}"""
 
 # The same for words, on the text model's image vectors (exact scan: the side table holds
 # vectors of any dimension, which HNSW cannot index; a demo catalogue is small).
@@ -76,13 +80,7 @@ WITH q AS MATERIALIZED (SELECT embed_text(%(model)s, %(text)s) AS v),
                 FROM product_image_text_vectors t JOIN product_images i ON i.id = t.image_id
                WHERE t.model = %(model)s
                ORDER BY t.embedding <=> (SELECT v FROM q)
-               LIMIT {HITS}),
-     best AS (SELECT DISTINCT ON (product_id) id, product_id, distance
-                FROM hits ORDER BY product_id, distance)
-SELECT p.name, p.sku, p.price::text, b.id::text AS image_id, 1 - b.distance AS similarity
-  FROM best b JOIN products p ON p.id = b.product_id
- ORDER BY b.distance
- LIMIT %(k)s"""
+               LIMIT {HITS}),{ONE_ROW_PER_PRODUCT}"""
 
 # The pictures a visitor can pick: each product's first (original) picture.
 CATALOGUE = """
